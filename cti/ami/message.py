@@ -35,7 +35,7 @@ class Message:
     Lookups try the exact key first and then any case.
     """
 
-    __slots__ = ("text", "kind", "name", "_fields", "_multi", "_folded", "_defects")
+    __slots__ = ("_defects", "_fields", "_folded", "_multi", "kind", "name", "text")
 
     text: str
     kind: MessageKind

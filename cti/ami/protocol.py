@@ -140,7 +140,9 @@ class AMIClientProtocol:
                             del pending[action_id]
                             assert entry.response is not None
                             events.append(
-                                ActionResult(action_id, entry.action, entry.response, tuple(entry.events), item)
+                                ActionResult(
+                                    action_id, entry.action, entry.response, tuple(entry.events), item
+                                )
                             )
                         else:
                             entry.events.append(item)
