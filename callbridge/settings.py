@@ -1,0 +1,275 @@
+"""Settings: built-in defaults, then the YAML file, then ``CALLBRIDGE_*`` environment variables.
+
+Validated once at start with a JSON schema; every error names the key, and where the value came
+from (``config/callbridge.yaml:12`` or ``env CALLBRIDGE_AMI_PORT``), so a supervisor can fix it
+without reading code. Environment names are ``CALLBRIDGE_<SECTION>_<KEY>`` in capitals, e.g.
+``CALLBRIDGE_AMI_SECRET``; values are converted to the type the schema asks for.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from cti.ami.client import AMIConfig
+
+DEFAULT_PATH = Path("config/callbridge.yaml")
+ENV_PREFIX = "CALLBRIDGE_"
+
+DEFAULTS: dict[str, Any] = {
+    "pbx": {"name": "asterisk", "kind": "asterisk"},
+    "ami": {
+        "host": "127.0.0.1",
+        "port": 5038,
+        "username": "lab",
+        "secret": "lab",
+        "auth": "md5",
+        "events": "on",
+        "connect_timeout": 5.0,
+        "action_timeout": 10.0,
+        "ping_interval": 20.0,
+        "ping_timeout": 5.0,
+        "backoff_initial": 0.5,
+        "backoff_max": 30.0,
+    },
+    "agents": [],
+    "log": {"level": "INFO", "format": "text"},
+    "demo": {"speed": 1.0, "loop": True, "scenarios": []},
+}
+
+_NUMBER = {"type": "number", "minimum": 0}
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "pbx": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"enum": ["asterisk"]}},
+        },
+        "ami": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "host": {"type": "string", "minLength": 1},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "username": {"type": "string", "minLength": 1},
+                "secret": {"type": "string"},
+                "auth": {"enum": ["md5", "plain"]},
+                "events": {"type": "string", "minLength": 1},
+                "connect_timeout": {"type": "number", "exclusiveMinimum": 0},
+                "action_timeout": {"type": "number", "exclusiveMinimum": 0},
+                "ping_interval": _NUMBER,
+                "ping_timeout": {"type": "number", "exclusiveMinimum": 0},
+                "backoff_initial": _NUMBER,
+                "backoff_max": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "agents": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "interfaces"],
+                "properties": {
+                    "id": {"type": "string", "minLength": 1},
+                    "name": {"type": "string"},
+                    "interfaces": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1},
+                        "minItems": 1,
+                    },
+                },
+            },
+        },
+        "log": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+                "format": {"enum": ["text", "json"]},
+            },
+        },
+        "demo": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "speed": {"type": "number", "exclusiveMinimum": 0},
+                "loop": {"type": "boolean"},
+                "scenarios": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+class SettingsError(ValueError):
+    """The settings are invalid; ``problems`` lists each one with its key and source."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    id: str
+    name: str
+    interfaces: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    ami: AMIConfig
+    pbx_name: str = "asterisk"
+    agents: tuple[AgentSettings, ...] = ()
+    log_level: str = "INFO"
+    log_format: str = "text"
+    demo_speed: float = 1.0
+    demo_loop: bool = True
+    demo_scenarios: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None, *, required: bool = False
+) -> Settings:
+    """Defaults, then ``path`` (if it exists, or must exist when ``required``), then environment."""
+    environ = os.environ if environ is None else environ
+    data = copy.deepcopy(DEFAULTS)
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    file = Path(path) if path is not None else DEFAULT_PATH
+    if file.exists():
+        try:
+            loaded, lines = _load_yaml(file)
+        except yaml.YAMLError as exc:
+            raise SettingsError([f"{file}: not valid YAML: {exc}"]) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise SettingsError([f"{file}: the top level must be a mapping of sections"])
+        _merge(data, loaded)
+        sources |= {key: f"{file}:{line}" for key, line in lines.items()}
+    elif required or path is not None:
+        raise SettingsError([f"{file}: no such settings file"])
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        located = _env_key(name)
+        if located is None:
+            if name.removeprefix(ENV_PREFIX) not in ("CAPTURES", "LAB_DIR", "TEST_TIMEOUT_UNIT", "CONFIG"):
+                problems.append(f"env {name}: no such setting")
+            continue
+        section, key = located
+        try:
+            data[section][key] = _coerce(raw, SCHEMA["properties"][section]["properties"][key])
+        except ValueError as exc:
+            problems.append(f"{section}.{key} (env {name}): {exc}")
+        sources[f"{section}.{key}"] = f"env {name}"
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        key = ".".join(str(p) for p in error.absolute_path)
+        if error.validator == "additionalProperties":
+            known = sorted(error.schema.get("properties", {}))
+            for extra in sorted(set(error.instance) - set(known)):
+                full = f"{key}.{extra}" if key else str(extra)
+                where = _source_of(full, sources)
+                problems.append(
+                    f"{full}{f' ({where})' if where else ''}: unknown key; expected one of {', '.join(known)}"
+                )
+            continue
+        where = _source_of(key, sources)
+        problems.append(f"{key or '(top level)'}{f' ({where})' if where else ''}: {error.message}")
+    if problems:
+        raise SettingsError(problems)
+    ami = data["ami"]
+    return Settings(
+        ami=AMIConfig(**ami),
+        pbx_name=data["pbx"]["name"],
+        agents=tuple(
+            AgentSettings(a["id"], a.get("name", a["id"]), tuple(a["interfaces"])) for a in data["agents"]
+        ),
+        log_level=data["log"]["level"],
+        log_format=data["log"]["format"],
+        demo_speed=float(data["demo"]["speed"]),
+        demo_loop=bool(data["demo"]["loop"]),
+        demo_scenarios=tuple(data["demo"]["scenarios"]),
+        sources=sources,
+    )
+
+
+def _merge(into: dict[str, Any], loaded: Mapping[str, Any]) -> None:
+    for key, value in loaded.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            into[key].update(value)
+        else:
+            into[key] = value
+
+
+def _env_key(name: str) -> tuple[str, str] | None:
+    rest = name.removeprefix(ENV_PREFIX).lower()
+    for section, spec in SCHEMA["properties"].items():
+        if rest.startswith(section + "_") and spec.get("type") == "object":
+            key = rest.removeprefix(section + "_")
+            if key in spec["properties"]:
+                return section, key
+    return None
+
+
+def _coerce(raw: str, spec: Mapping[str, Any]) -> Any:
+    kind = spec.get("type")
+    if kind == "integer":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not an integer") from None
+    if kind == "number":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a number") from None
+    if kind == "boolean":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{raw!r} is not a boolean (true/false)")
+    return raw
+
+
+def _source_of(key: str, sources: Mapping[str, str]) -> str | None:
+    while key:
+        if key in sources:
+            return sources[key]
+        key = key.rpartition(".")[0]
+    return None
+
+
+def _load_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+    """The document and, for every key path (``ami.port``, ``agents.0.id``), its line number."""
+    text = path.read_text(encoding="utf-8")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node | None, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+        elif isinstance(n, yaml.SequenceNode):
+            for index, item in enumerate(n.value):
+                key = f"{prefix}.{index}"
+                lines[key] = item.start_mark.line + 1
+                walk(item, key)
+
+    walk(node, "")
+    return yaml.safe_load(text), lines
