@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,9 +119,11 @@ async def peer_server(handler: Handler) -> AsyncIterator[tuple[int, list[Peer]]]
 
 
 def config(port: int, **kw: object) -> AMIConfig:
-    base = {"host": "127.0.0.1", "port": port, "username": "cb", "secret": SECRET, "auth": "md5",
-            "backoff_initial": 0.01, "backoff_max": 0.05, "ping_interval": 0, "action_timeout": 2.0}  # fmt: skip
-    return AMIConfig(**(base | kw))  # type: ignore[arg-type]
+    base = AMIConfig(
+        host="127.0.0.1", port=port, username="cb", secret=SECRET, auth="md5",
+        backoff_initial=0.01, backoff_max=0.05, ping_interval=0, action_timeout=2.0,
+    )  # fmt: skip
+    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
 def recorder(client: AMIClient) -> list[object]:
