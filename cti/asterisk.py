@@ -146,7 +146,14 @@ class AsteriskCTI:
         log.info(
             "resynced from %s (session %d): %d channels, %d live calls (%d before), %d ended as gone, "
             "%d agents, %d queues",
-            self.name, session, event.channels, calls, before, ended, event.agents, event.queues,
-        )  # fmt: skip
+            self.name,
+            session,
+            event.channels,
+            calls,
+            before,
+            ended,
+            event.agents,
+            event.queues,
+        )
         self._publish(event)
         self.resynced.set()

@@ -67,8 +67,16 @@ class Lab:
             time.sleep(0.2)
 
     def ami_config(self, **overrides: object) -> AMIConfig:
-        base = AMIConfig(host="127.0.0.1", port=5038, username="lab", secret="lab", auth="md5",
-                         backoff_initial=0.2, backoff_max=2.0, ping_interval=5.0)  # fmt: skip
+        base = AMIConfig(
+            host="127.0.0.1",
+            port=5038,
+            username="lab",
+            secret="lab",
+            auth="md5",
+            backoff_initial=0.2,
+            backoff_max=2.0,
+            ping_interval=5.0,
+        )
         return AMIConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides})
 
 

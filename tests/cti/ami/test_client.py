@@ -120,9 +120,16 @@ async def peer_server(handler: Handler) -> AsyncIterator[tuple[int, list[Peer]]]
 
 def config(port: int, **kw: object) -> AMIConfig:
     base = AMIConfig(
-        host="127.0.0.1", port=port, username="cb", secret=SECRET, auth="md5",
-        backoff_initial=0.01, backoff_max=0.05, ping_interval=0, action_timeout=2.0,
-    )  # fmt: skip
+        host="127.0.0.1",
+        port=port,
+        username="cb",
+        secret=SECRET,
+        auth="md5",
+        backoff_initial=0.01,
+        backoff_max=0.05,
+        ping_interval=0,
+        action_timeout=2.0,
+    )
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
