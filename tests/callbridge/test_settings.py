@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from callbridge.settings import SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_settings_file_is_valid_and_declares_the_lab_agents() -> None:
+    settings = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
+    assert (settings.ami.host, settings.ami.port, settings.ami.auth) == ("127.0.0.1", 5038, "md5")
+    assert [a.id for a in settings.agents][:2] == ["agent1", "agent2"]
+    assert settings.agents[0].name == "Alice"
+    assert "Local/agent1@agents/n" in settings.agents[0].interfaces
+
+
+def test_environment_overrides_the_file_with_typed_values() -> None:
+    env = {
+        "CALLBRIDGE_AMI_PORT": "5039",
+        "CALLBRIDGE_AMI_SECRET": "s3cret",
+        "CALLBRIDGE_AMI_PING_INTERVAL": "2.5",
+    }
+    settings = load_settings(ROOT / "config" / "callbridge.yaml", environ=env)
+    assert settings.ami.port == 5039 and settings.ami.secret == "s3cret" and settings.ami.ping_interval == 2.5
+    assert settings.sources["ami.port"] == "env CALLBRIDGE_AMI_PORT"
+    assert "s3cret" not in repr(settings)
+
+
+def test_errors_name_the_key_and_where_it_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "callbridge.yaml"
+    path.write_text("ami:\n  host: pbx.example\n  prot: 5038\n  port: 99999\nagents:\n  - {id: a1}\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings(path, environ={"CALLBRIDGE_AMI_AUTH": "kerberos", "CALLBRIDGE_NO_SUCH": "1"})
+    problems = info.value.problems
+    assert f"ami.prot ({path}:3): unknown key; expected one of" in "\n".join(problems)
+    assert f"ami.port ({path}:4): 99999 is greater than the maximum of 65535" in problems
+    assert f"agents.0 ({path}:6): 'interfaces' is a required property" in problems
+    assert "ami.auth (env CALLBRIDGE_AMI_AUTH): 'kerberos' is not one of ['md5', 'plain']" in problems
+    assert "env CALLBRIDGE_NO_SUCH: no such setting" in problems
+
+
+def test_bad_types_from_the_environment_and_broken_yaml(tmp_path: Path) -> None:
+    with pytest.raises(
+        SettingsError, match=r"ami.port \(env CALLBRIDGE_AMI_PORT\): 'five' is not an integer"
+    ):
+        load_settings(ROOT / "config" / "callbridge.yaml", environ={"CALLBRIDGE_AMI_PORT": "five"})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("ami: [unclosed\n")
+    with pytest.raises(SettingsError, match="not valid YAML"):
+        load_settings(broken, environ={})
+    with pytest.raises(SettingsError, match="no such settings file"):
+        load_settings(tmp_path / "missing.yaml", environ={})
+
+
+def test_cli_config_check_reports_the_problem_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from callbridge.cli import main
+
+    path = tmp_path / "callbridge.yaml"
+    path.write_text("ami:\n  port: not-a-port\n")
+    assert main(["-c", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err
+    assert f"ami.port ({path}:2): 'not-a-port' is not of type 'integer'" in err
+    assert main(["-c", str(ROOT / "config" / "callbridge.yaml"), "config", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "settings OK" in out and '"secret": "********"' in out
