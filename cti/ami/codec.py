@@ -265,6 +265,8 @@ def _fold_follows(text: str) -> str:
         if not output and sep and key in ("Response", "Privilege", "ActionID", "Message"):
             head.append(line)
         elif line.rstrip() != "--END COMMAND--":
-            output.extend(line.split("\n"))
+            # Asterisk writes the CLI text (lines end in "\n"), then "--END COMMAND--\r\n": the
+            # marker usually shares a CRLF-line with the last output line.
+            output.extend(part for part in line.split("\n") if part.rstrip() != "--END COMMAND--")
     head.extend(f"Output: {line.rstrip(chr(13))}" for line in output)
     return "\r\n".join(head)
