@@ -83,13 +83,12 @@ def ours(data: bytes) -> list[Message]:
     return [m for m in MessageReader().feed(data) if isinstance(m, Message)]
 
 
-@pytest.fixture(autouse=True)
-def collect_pyst2_managers(request: pytest.FixtureRequest) -> Iterator[None]:
+@pytest.fixture(scope="module", autouse=True)
+def collect_pyst2_managers() -> Iterator[None]:
     """A ``pyst.Manager`` sits in a reference cycle (its threads' targets); its ``__del__`` calls
-    ``close()``, which warns (``isSet``). Collect it here, under this module's warning filter."""
+    ``close()``, which warns (``isSet``). Collect them here, under this module's warning filter."""
     yield
-    if "pyst2" in request.node.name or "threads" in request.node.name:
-        gc.collect()
+    gc.collect()
 
 
 @pytest.fixture
