@@ -788,7 +788,9 @@ class CallModel:
         if application in _AGI_APPS:
             leg = self._legs.get(uid)
             if leg is not None:
-                self._enter_ivr(leg.call, leg, msg, now, out, application="AGI", script=msg.get("AppData"))
+                script = msg.get("AppData")
+                kind = "AsyncAGI" if script and script.startswith("agi:async") else "AGI"
+                self._enter_ivr(leg.call, leg, msg, now, out, application=kind, script=script)
             return
         call = self._ivr_legs.get(uid)
         if call is not None and self._leave_ivr(call, now):
@@ -905,24 +907,46 @@ class CallModel:
             self._refresh_queue(queue, "answered", out)
 
     def _on_agent_complete(self, msg: Message, now: float, out: Out) -> None:
+        interface = msg.get("Interface")
+        agent_id = self._device_agent.get(device_of_interface(interface)) if interface else None
+        queue = msg.get("Queue") or ""
+        talk = float(_int(msg.get("TalkTime")))
         leg = self._legs.get(msg.get("Uniqueid") or "") or self._legs.get(msg.get("DestUniqueid") or "")
-        if leg is not None:
-            call = leg.call
-            call.talk_time = float(_int(msg.get("TalkTime")))
+        call = leg.call if leg is not None else None
+        if call is None and not msg.get("Linkedid") and agent_id is not None:
+            # Seen in load_50: an AgentComplete with no channel fields at all, built after the
+            # caller's channel was gone. It belongs to the agent's latest call from that queue.
+            call = next(
+                (c for c in reversed(self._calls.values()) if c.last_agent == agent_id and c.queue == queue),
+                None,
+            )
+        if call is not None:
+            call.talk_time = talk
             if call.wait_time is None:
                 call.wait_time = float(_int(msg.get("HoldTime")))
             if call.hangup_side is None:
                 call.hangup_side = {"caller": "customer", "agent": "agent"}.get(msg.get("Reason") or "")
-        interface = msg.get("Interface")
-        agent_id = self._device_agent.get(device_of_interface(interface)) if interface else None
+        else:
+            # AgentComplete can trail the call's last Hangup: complete the ended snapshot quietly
+            # (its "ended" was reported already, and nothing is reported after that).
+            self._complete_ended(msg.get("Linkedid"), agent_id, queue, talk)
         agent = self._agents.get(agent_id) if agent_id is not None else None
         if agent is None:
             return
-        queue = msg.get("Queue") or ""
         wrapup = agent.member_wrapup.get(queue) or self._queue_wrapup.get(queue) or agent.config_wrapup
         if wrapup > 0:
             agent.wrapup_until = now + wrapup
             self._refresh_agent(agent, now, "status", out)
+
+    def _complete_ended(self, linkedid: str | None, agent_id: str | None, queue: str, talk: float) -> None:
+        ended = self._ended.get(linkedid) if linkedid else None
+        if ended is None and not linkedid and agent_id is not None:
+            for _, snap in zip(range(50), reversed(self._ended.values()), strict=False):
+                if snap.agent == agent_id and snap.queue == queue:
+                    ended = snap
+                    break
+        if ended is not None and ended.talk_time is None:
+            self._ended[ended.id] = replace(ended, talk_time=talk)
 
     def _on_agent_ring_no_answer(self, msg: Message, now: float, out: Out) -> None:
         dest = self._legs.get(msg.get("DestUniqueid") or "")
@@ -1009,6 +1033,12 @@ class CallModel:
         to_agent = target.agent if target is not None else None
         call.transfers.append(Transfer("attended", from_agent, to_agent, None, None, now, "AttendedTransfer"))
         call.transfer_open = False
+        if target is not None and target.call is call:
+            # The transferer's leg hanging up next is not "the agent left": the target stays.
+            call.agent_leg = target
+            call.agent_interface = call.last_agent_interface = target.device
+        elif call.agent_leg is not None and call.agent_leg is origin:
+            call.agent_leg = None
         if to_agent is not None:
             call.agent = to_agent
             call.last_agent = to_agent

@@ -50,8 +50,12 @@ class Replay:
     def calls(self, change: str | None = None) -> list[Call]:
         return [c.call for _, c in self.changes if isinstance(c, CallChanged) and change in (None, c.change)]
 
-    def call_changes(self) -> list[str]:
-        return [c.change for _, c in self.changes if isinstance(c, CallChanged)]
+    def call_events(self) -> list[CallChanged]:
+        return [c for _, c in self.changes if isinstance(c, CallChanged)]
+
+    def when(self, change: str, nth: int = 0) -> float:
+        """Time of the ``nth`` call change named ``change``."""
+        return [t for t, c in self.changes if isinstance(c, CallChanged) and c.change == change][nth]
 
     def agent_changes(self, agent_id: str) -> list[AgentChanged]:
         return [c for _, c in self.changes if isinstance(c, AgentChanged) and c.agent.id == agent_id]

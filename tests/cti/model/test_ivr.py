@@ -1,0 +1,71 @@
+"""Calls in an IVR: FastAGI to the end, FastAGI with the caller hanging up, AsyncAGI over AMI."""
+
+from __future__ import annotations
+
+from cti.model import CallState
+
+from .conftest import ReplayFactory
+
+
+def test_fastagi_ivr(replay: ReplayFactory) -> None:
+    """The call is in the IVR from the AGI() application to the AGI HANGUP that ends it."""
+    result = replay("ivr_agi")
+    call = result.only_call()
+    assert (call.caller_num, call.caller_name) == ("+14155550123", "Jane Doe")
+    assert [c.change for c in result.call_events() if c.change != "originate"] == [
+        "new",
+        "caller",
+        "ivr",
+        "ended",
+    ]
+    assert call.ivr is not None
+    assert (call.ivr.context, call.ivr.exten, call.ivr.application) == ("ivr", "s", "AGI")
+    assert call.ivr.script == "agi://127.0.0.1:4573/ivr?lang=en"
+    assert call.ivr.left_at == call.ended_at
+    # The AGI HANGUP command ends the call with cause 0 (Unknown).
+    assert (call.hangup_cause, call.hangup_cause_text) == (0, "Unknown")
+    assert call.queue is None and not call.answered
+
+
+def test_state_is_ivr_during_every_agi_command(replay: ReplayFactory) -> None:
+    for nth in (1, 10, 22):
+        seen = 0
+
+        def stop(msg: object, nth: int = nth) -> bool:
+            nonlocal seen
+            seen += getattr(msg, "name", None) == "AGIExecStart"
+            return seen == nth
+
+        result = replay("ivr_agi", stop=stop)
+        (call,) = result.model.live_calls()
+        assert call.state is CallState.IVR, nth
+        assert call.ivr is not None and call.ivr.left_at is None
+
+
+def test_caller_hangs_up_in_the_ivr(replay: ReplayFactory) -> None:
+    result = replay("ivr_agi_hangup")
+    call = result.only_call()
+    assert (call.caller_num, call.caller_name) == ("6505550172", "Liam Johnson")
+    assert result.calls("ended")[0].state is CallState.ENDED
+    assert [c.call.state for c in result.call_events()][-2] is CallState.IVR
+    assert call.hangup_cause == 16 and call.ended_by == "customer"
+    assert call.ended_at is not None and call.ivr is not None
+    assert 4.0 < call.ended_at - call.ivr.entered_at < 6.0
+
+
+def test_async_agi(replay: ReplayFactory) -> None:
+    """AsyncAGIStart puts the call in the IVR; ASYNCAGI BREAK (AsyncAGIEnd) takes it out."""
+    result = replay("ivr_async_agi")
+    call = result.only_call()
+    flow = [(c.change, c.call.state) for c in result.call_events() if c.change != "originate"]
+    assert flow == [
+        ("new", CallState.ROUTING),
+        ("caller", CallState.ROUTING),
+        ("ivr", CallState.IVR),
+        ("ivr_left", CallState.ROUTING),
+        ("ended", CallState.ENDED),
+    ]
+    assert call.ivr is not None and call.ivr.application == "AsyncAGI"
+    assert call.ivr.script == "agi:async"
+    assert call.ivr.left_at is not None and call.ivr.left_at < (call.ended_at or 0)
+    assert call.ivr.left_at - call.ivr.entered_at > 2.0
