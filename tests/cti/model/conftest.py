@@ -15,7 +15,7 @@ import pytest
 
 from callbridge.captures import load_capture, load_messages
 from cti.ami.codec import MessageReader
-from cti.ami.message import Message
+from cti.ami.message import Message, MessageKind
 from cti.model import AgentChanged, AgentConfig, Call, CallChanged, CallModel, ModelChange, QueueChanged
 
 # Login-only sessions: no call, no queue, nothing for the model.
@@ -69,8 +69,21 @@ class Replay:
         return ended[0]
 
 
-def _message_times(name: str) -> list[float]:
+def message_times(name: str) -> list[float]:
     return [r["t"] for r in load_messages(name) if r["dir"] == "in" and "msg" in r]
+
+
+def list_items(name: str) -> dict[str, list[Message]]:
+    """The events of each list action in a capture (``CoreShowChannel``, ``QueueMember`` ...) by ActionID."""
+    items: dict[str, list[Message]] = {}
+    reader = MessageReader()
+    for item in reader.feed(load_capture(name).stream_in()):
+        if not isinstance(item, Message) or item.kind is not MessageKind.EVENT or not item.action_id:
+            continue
+        # List items carry their action's ActionID; the list's end has "EventList: Complete".
+        if item.get("EventList") is None and item.name != "OriginateResponse":
+            items.setdefault(item.action_id, []).append(item)
+    return items
 
 
 def captured_chunks(name: str) -> list[bytes]:
@@ -91,10 +104,18 @@ def random_chunks(name: str, seed: int) -> list[bytes]:
 
 
 def replay_messages(
-    name: str, chunks: Iterable[bytes], model: CallModel, stop: Callable[[Message], bool] | None = None
+    name: str,
+    chunks: Iterable[bytes],
+    model: CallModel,
+    stop: Callable[[Message], bool] | None = None,
+    before: Callable[[Message, float], list[ModelChange]] | None = None,
 ) -> Iterator[tuple[float, Message, list[ModelChange]]]:
-    """Feed the chunks to a real ``MessageReader`` and each message to the model, with its time."""
-    times = _message_times(name)
+    """Feed the chunks to a real ``MessageReader`` and each message to the model, with its time.
+
+    ``before(message, now)`` runs before each message is applied (a resync, say); what it returns
+    is reported with that message's changes.
+    """
+    times = message_times(name)
     reader = MessageReader()
     index = 0
     for chunk in chunks:
@@ -105,7 +126,8 @@ def replay_messages(
             index += 1
             if stop is not None and stop(item):
                 return
-            yield now, item, model.apply(item, now)
+            early = before(item, now) if before is not None else []
+            yield now, item, early + model.apply(item, now)
     assert index == len(times), f"{name}: read {index} messages, the capture has {len(times)}"
 
 
@@ -121,10 +143,11 @@ def replay() -> ReplayFactory:
         agents: Iterable[AgentConfig] = (),
         model: CallModel | None = None,
         stop: Callable[[Message], bool] | None = None,
+        before: Callable[[Message, float], list[ModelChange]] | None = None,
     ) -> Replay:
         chunks = captured_chunks(name) if seed is None else random_chunks(name, seed)
         result = Replay(model if model is not None else CallModel(agents=agents))
-        for now, msg, changes in replay_messages(name, chunks, result.model, stop):
+        for now, msg, changes in replay_messages(name, chunks, result.model, stop, before):
             result.messages.append((now, msg))
             result.changes.extend((now, change) for change in changes)
         return result
