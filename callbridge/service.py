@@ -60,4 +60,23 @@ class Service:
                     continue
                 line = format_change(event)
                 if line is not None:
-                    log.info("%s", line)
+                    log.info("%s", line, extra=_log_context(event))
+
+
+def _log_context(event: object) -> dict[str, str]:
+    """Ids for structured logs: the call, the agent and the queue the change is about."""
+    call = getattr(event, "call", None)
+    agent = getattr(event, "agent", None)
+    queue = getattr(event, "queue", None)
+    context = {}
+    if call is not None:
+        context["call_id"] = call.id
+        if call.agent:
+            context["agent_id"] = call.agent
+        if call.queue:
+            context["queue"] = call.queue
+    if agent is not None and not isinstance(agent, str):
+        context["agent_id"] = agent.id
+    if queue is not None and not isinstance(queue, str):
+        context["queue"] = queue.name
+    return context

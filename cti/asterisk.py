@@ -23,6 +23,7 @@ from cti.model import CallModel
 log = logging.getLogger(__name__)
 
 Publish = Callable[[object], None]
+TICK_INTERVAL = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +79,28 @@ class AsteriskCTI:
         self._clock = clock
         self._held: list[Message] | None = None
         self._resync_task: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
         self.resynced = asyncio.Event()
         client.add_listener(self._on_item)
 
     async def start(self) -> None:
+        self._tick_task = asyncio.create_task(self._tick(), name="model-tick")
         await self.client.start()
 
     async def stop(self) -> None:
-        task, self._resync_task = self._resync_task, None
-        if task is not None:
+        tasks = [t for t in (self._resync_task, self._tick_task) if t is not None]
+        self._resync_task = self._tick_task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.stop()
+
+    async def _tick(self) -> None:
+        """Time passing changes the model too: wrap-up ends without any event from the PBX."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            for change in self.model.tick(self._clock()):
+                self._publish(change)
 
     def _on_item(self, item: Message | LifecycleEvent) -> None:
         if type(item) is Message:
@@ -125,8 +136,17 @@ class AsteriskCTI:
             log.warning("resync after connect failed: %s; the link will be retried", exc)
             self._held = None
             return
+        try:
+            self._rebuild(session, channels.events, queues.events)
+        except Exception:
+            log.exception("resync of the call model failed; applying live events on the last state")
+            held, self._held = self._held or [], None
+            for message in held:
+                self._apply(message)
+
+    def _rebuild(self, session: int, channels: tuple[Message, ...], queues: tuple[Message, ...]) -> None:
         before = len(self.model.live_calls())
-        changes = self.model.resync(list(channels.events), list(queues.events), self._clock())
+        changes = self.model.resync(list(channels), list(queues), self._clock())
         for change in changes:
             self._publish(change)
         held, self._held = self._held or [], None
@@ -137,11 +157,11 @@ class AsteriskCTI:
         event = PBXResynced(
             self.name,
             session,
-            len(channels.events),
+            len(channels),
             calls,
             ended,
-            len(self.model.agents),
-            len(self.model.queues),
+            len(self.model.agents()),
+            len(self.model.queues()),
         )
         log.info(
             "resynced from %s (session %d): %d channels, %d live calls (%d before), %d ended as gone, "

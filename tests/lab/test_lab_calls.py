@@ -96,7 +96,8 @@ async def test_queue_call_is_followed_from_queued_to_ended(service: Service) -> 
     assert ringing.agent in ("agent1", "agent2")  # support is rrmemory over agent1, agent2
     connected = (await until(sub, call_in(CallState.CONNECTED, id=queued.id)))[-1].call
     assert connected.agent == ringing.agent and connected.queue == "support"
-    agent = service.model.agents[connected.agent]
+    agent = service.model.agent(connected.agent)
+    assert agent is not None
     assert agent.status.value == "on_call"
     ended = (await until(sub, call_in(CallState.ENDED, id=queued.id)))[-1].call
     assert ended.hangup_cause == 16
@@ -118,7 +119,8 @@ async def test_abandoned_call_in_a_queue_with_its_only_agent_paused(service: Ser
     sub = service.bus.subscribe(CallChanged, name="test")
     try:
         await asyncio.sleep(0.2)
-        agent5 = service.model.agents["agent5"]
+        agent5 = service.model.agent("agent5")
+        assert agent5 is not None
         assert agent5.status.value == "paused" and agent5.paused_reason == "Lunch break"
         await originate(
             service,
@@ -204,7 +206,7 @@ async def test_pbx_restart_reconnects_resyncs_and_leaves_no_ghost_calls(service:
     ended = [e for e in taken if call_in(CallState.ENDED, id=connected.id)(e)]
     assert ended, "the call that died with the PBX was not ended"
     assert resynced.calls == 0 and service.model.live_calls() == []
-    assert resynced.queues >= 4 and "support" in service.model.queues
+    assert resynced.queues >= 4 and service.model.queue("support") is not None
     assert service.client.session == session + 1
 
 
