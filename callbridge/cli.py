@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TextIO
 
 from callbridge import __version__
-from callbridge.bus import Lagged
-from callbridge.console import NOISY_EVENTS, format_change, format_message, stamp
+from callbridge.bus import Lagged, Subscription
+from callbridge.console import NOISY_EVENTS, ChangeLines, format_message, stamp
 from callbridge.settings import DEFAULT_PATH, Settings, SettingsError, load_settings
 from cti.ami.client import AMIClient, AMIConfig, AuthenticationFailed, LifecycleEvent
 from cti.ami.message import Message
@@ -131,12 +131,13 @@ async def _demo(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
     return 0
 
 
-async def _print_changes(subscription: object, out: TextIO) -> None:
-    async for event in subscription:  # type: ignore[attr-defined]
+async def _print_changes(subscription: Subscription, out: TextIO) -> None:
+    lines = ChangeLines()
+    async for event in subscription:
         if isinstance(event, Lagged):
             print(f"{stamp()} ({event.dropped} changes skipped: the terminal is slow)", file=out)
             continue
-        line = format_change(event)
+        line = lines(event)
         if line is not None:
             print(f"{stamp()} {line}", file=out, flush=True)
 
@@ -155,6 +156,7 @@ async def _tail(config: AMIConfig, args: argparse.Namespace, out: TextIO) -> int
 
     model = CallModel()
     client = AMIClient(config)
+    lines = ChangeLines()
     only = {name.strip().lower() for name in (args.events or "").split(",") if name.strip()}
     done = asyncio.Event()
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -173,7 +175,7 @@ async def _tail(config: AMIConfig, args: argparse.Namespace, out: TextIO) -> int
                     print(f"{stamp(now)} {format_message(item)}", file=out, flush=True)
             if not args.events_only:
                 for change in changes:
-                    line = format_change(change)
+                    line = lines(change)
                     if line is not None:
                         print(f"{stamp(now)}   -> {line}", file=out, flush=True)
         else:
@@ -198,7 +200,7 @@ async def _tail(config: AMIConfig, args: argparse.Namespace, out: TextIO) -> int
             queues = await client.send_action("QueueStatus")
             for change in model.resync(list(channels.events), list(queues.events), time.time()):
                 if not args.events_only:
-                    line = format_change(change)
+                    line = lines(change)
                     if line is not None:
                         print(f"{stamp()}   -> {line}", file=out, flush=True)
             waiters = [asyncio.create_task(_wait_for_signal(done))]

@@ -58,6 +58,8 @@ def format_change(event: object) -> str | None:
     if kind == "CallChanged":
         call = event.call  # type: ignore[attr-defined]
         who = " ".join(str(p) for p in (_value(call, "caller_num"), _value(call, "caller_name")) if p)
+        if _value(call, "direction") == "outbound":
+            who = f"outbound to {_value(call, 'remote_num')} (as {who or 'no caller id'})"
         parts = [
             f"call {call.id}",
             f"{_value(call, 'state'):<9}",
@@ -65,6 +67,8 @@ def format_change(event: object) -> str | None:
             who or "(no caller id)",
         ]  # type: ignore[attr-defined]
         for label, attr in (("dialed", "dialed"), ("queue", "queue"), ("agent", "agent")):
+            if attr == "dialed" and _value(call, "direction") == "outbound":
+                continue
             value = _value(call, attr)
             if value:
                 parts.append(f"{label}={value}")
@@ -96,3 +100,27 @@ def vars_of(obj: object) -> dict[str, Any]:
     if dataclasses.is_dataclass(obj):
         return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     return dict(vars(obj))
+
+
+class ChangeLines:
+    """Renders changes for a terminal, leaving out agent and queue lines that repeat the last one.
+
+    The model reports every change it makes (a member's ring-in-use flag, a device state); an
+    operator watching calls wants a line when what they can see moved.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}
+
+    def __call__(self, event: object) -> str | None:
+        line = format_change(event)
+        if line is None:
+            return None
+        kind = type(event).__name__
+        if kind in ("AgentChanged", "QueueChanged"):
+            key = line.split("  ", 1)[0]
+            visible = line.rsplit("  [", 1)[0]
+            if self._last.get(key) == visible:
+                return None
+            self._last[key] = visible
+        return line
