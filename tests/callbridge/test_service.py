@@ -1,0 +1,121 @@
+"""The service as ``callbridge serve`` runs it, fed over real TCP by the fake PBX replaying captures."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from callbridge.bus import Lagged, Subscription
+from callbridge.cli import main
+from callbridge.fakepbx import FakePBX
+from callbridge.service import Service
+from callbridge.settings import Settings, load_settings
+from cti.asterisk import PBXDisconnected, PBXResynced
+from cti.model import GONE_AFTER_RESYNC, CallChanged, CallState
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cr3t-never-logged"
+
+
+def settings_for(pbx: FakePBX, **ami: Any) -> Settings:
+    base = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
+    config = dataclasses.replace(
+        base.ami, host="127.0.0.1", port=pbx.port, username="lab", secret=SECRET,
+        backoff_initial=0.05, backoff_max=0.2, **ami,
+    )  # fmt: skip
+    return dataclasses.replace(base, ami=config)
+
+
+async def until(sub: Subscription, predicate: Callable[[Any], bool], timeout: float = 10) -> list[Any]:
+    taken: list[Any] = []
+    async with asyncio.timeout(timeout):
+        async for event in sub:
+            assert not isinstance(event, Lagged)
+            taken.append(event)
+            if predicate(event):
+                return taken
+    raise AssertionError("bus closed")
+
+
+def states_of(events: list[Any], call_id: str) -> list[str]:
+    """The distinct successive states a call went through, as published."""
+    states: list[str] = []
+    for event in events:
+        if isinstance(event, CallChanged) and event.call.id == call_id:
+            state = event.call.state.value
+            if not states or states[-1] != state:
+                states.append(state)
+    return states
+
+
+async def test_a_replayed_queue_call_goes_through_the_service_to_the_bus() -> None:
+    async with FakePBX(["queue_answered"], speed=None, secret=SECRET) as pbx:
+        service = Service(settings_for(pbx))
+        sub = service.bus.subscribe(name="test")
+        async with service:
+            taken = await until(sub, lambda e: isinstance(e, CallChanged) and e.call.state is CallState.ENDED)
+    ended = taken[-1].call
+    assert (ended.caller_num, ended.caller_name, ended.queue, ended.agent) == (
+        "+14155550123", "Jane Doe", "support", "agent1",
+    )  # fmt: skip
+    assert ended.hangup_cause == 16 and ended.wait_time == 2
+    assert states_of(taken, ended.id)[-4:] == ["queued", "ringing", "connected", "ended"]
+    assert service.model.live_calls() == []
+
+
+async def test_pbx_restart_mid_call_reconnects_resyncs_and_ends_the_ghost_call() -> None:
+    async with FakePBX(["queue_answered"], speed=20.0, secret=SECRET) as pbx:
+        pbx.pause_replay(at=3.0)  # Jane Doe is talking to Alice from 2.0 s to 5.5 s
+        service = Service(settings_for(pbx))
+        sub = service.bus.subscribe(name="test")
+        async with service:
+            assert await asyncio.wait_for(pbx.wait_paused(), 10)
+            await until(sub, lambda e: isinstance(e, CallChanged) and e.call.state is CallState.CONNECTED)
+            (live,) = service.model.live_calls()
+            assert live.agent == "agent1"
+            await pbx.restart()
+            taken = await until(sub, lambda e: isinstance(e, PBXResynced) and e.session == 2)
+            assert service.model.live_calls() == []
+    disconnected = [e for e in taken if isinstance(e, PBXDisconnected)]
+    assert len(disconnected) == 1
+    ghost = [e.call for e in taken if isinstance(e, CallChanged) and e.call.id == live.id]
+    assert ghost[-1].state is CallState.ENDED and ghost[-1].end_reason == GONE_AFTER_RESYNC
+    assert taken[-1].ended_calls == 1 and taken[-1].calls == 0
+    agent = service.model.agent("agent1")
+    assert agent is not None and agent.status.value == "ready"
+
+
+async def test_the_secret_never_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with FakePBX(["queue_abandon"], speed=None, secret=SECRET) as pbx:
+        for auth in ("plain", "md5"):
+            service = Service(settings_for(pbx, auth=auth))
+            sub = service.bus.subscribe(PBXResynced, name="test")
+            async with service:
+                await until(sub, lambda e: True)
+    assert "Secret: ********" in caplog.text  # the wire log was on and saw the plain login
+    assert SECRET not in caplog.text
+    assert SECRET not in repr(settings_for(pbx))
+
+
+def test_demo_command_shows_calls_moving_through_queues_to_agents(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--fast", "--once", "--scenario", "queue_ring_noanswer_then_answer",
+                 "--scenario", "queue_abandon"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    john = [line for line in lines if "4155550123 John Smith" in line]
+    assert any("queued" in line and "queue=sales" in line for line in john)
+    assert any("ringing" in line and "agent=noanswer" in line for line in john)
+    assert any("connected" in line and "agent=agent2" in line for line in john)
+    assert any("ended" in line and "cause=16 (Normal Clearing)" in line for line in john)
+    maria = [line for line in lines if "Maria Garcia" in line]
+    assert any("[abandoned]" in line and "queue=billing" in line for line in maria)
+    assert any("agent agent5 (Eve)  paused (Lunch break)" in line for line in lines)
+    assert lines[-1].endswith("demo over: 0 live calls left")
