@@ -40,7 +40,7 @@ class CapturedResponses:
             for item in MessageReader(expect_banner=True).feed(capture.stream_in()):
                 if isinstance(item, Message) and item.kind is MessageKind.RESPONSE and item.action_id:
                     action = actions.get(item.action_id)
-                    if action is not None:
+                    if action is not None and not _refusal(item):
                         found.append((action, item))
         return cls(found)
 
@@ -75,3 +75,9 @@ class CapturedResponses:
             if lower == "response" and action_id:
                 out.append(("ActionID", action_id))
         return out
+
+
+def _refusal(response: Message) -> bool:
+    """Answers that say nothing about the action itself: it was unknown, or asked before login."""
+    message = response.get("Message") or ""
+    return message.startswith("Invalid/unknown command") or message == "Permission denied"

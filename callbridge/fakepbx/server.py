@@ -266,6 +266,8 @@ class FakePBX:
 
         #: Every action received, from every connection, in arrival order.
         self.received_actions: list[Message] = []
+        #: The same, by connection number (1, 2, ... in the order the connections were accepted).
+        self.actions_by_connection: dict[int, list[Message]] = {}
         #: Names of the sequence's scenarios whose replay ended, in order (cut short by a restart too).
         self.played: list[str] = []
 
@@ -651,6 +653,7 @@ class FakePBX:
     async def _handle(self, session: _Session, action: Message) -> bool:
         """Answer one action; False closes the connection."""
         self.received_actions.append(action)
+        self.actions_by_connection.setdefault(session.number, []).append(action)
         name = action.name.strip()
         key = name.lower()
         action_id = action.action_id or None
@@ -1014,7 +1017,7 @@ class FakePBX:
         await self._send(session, _ack(action_id, "Originate successfully queued"))
         candidate = self._match_originate(action)
         if candidate is None:
-            log.info("Originate %s: no capture matches, no call is made", channel)
+            log.debug("Originate %s: no capture matches, no call is made", channel)
             return True
         script = self._new_script(
             candidate.analysis, start="originate", originate=candidate.action, originate_action_id=action_id

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -328,6 +329,42 @@ async def test_replayed_events_equal_the_capture(connect: Any, scenario: str) ->
     expected = expected_events(scenario)
     assert [m["Event"] for m in replayed] == [m["Event"] for m in expected]
     assert replayed == expected
+
+
+async def test_captured_timing_scaled_by_speed(connect: Any, unit: float) -> None:
+    speed = 20.0
+    last = Analysis(load_capture("queue_abandon")).script().steps[-1].t  # about 11 s of capture
+    expected = expected_events("queue_abandon")
+    async with FakePBX(["queue_abandon"], speed=speed) as pbx:
+        client = await connect(pbx)
+        loop = asyncio.get_running_loop()
+        await client.login()
+        started = loop.time()
+        seen = [await client.message() for _ in range(len(expected) + 2)]  # FullyBooted, SuccessfulAuth
+        elapsed = loop.time() - started
+    assert [m.to_dict() for m in seen[2:]] == expected
+    assert last / speed * 0.95 <= elapsed <= last / speed + 0.5 * unit
+
+
+async def test_one_info_line_per_connection_change_and_no_secret(
+    connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="callbridge.fakepbx")
+    async with FakePBX([], secret="s3cr3t-value") as pbx:
+        client = await connect(pbx)
+        await client.login(secret="s3cr3t-value")
+        await client.action("Ping")
+        await client.action("Logoff")
+        await client.eof()
+        assert pbx.actions_by_connection == {1: pbx.received_actions}
+    lines = [r.getMessage() for r in caplog.records if "AMI connection" in r.getMessage()]
+    assert len(lines) == 3
+    assert (
+        "from 127.0.0.1" in lines[0]
+        and "logged in as lab" in lines[1]
+        and lines[2].endswith("closed: logoff")
+    )
+    assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
 
 
 def test_script_keeps_the_captured_chunking() -> None:
