@@ -286,8 +286,14 @@ class CallModel:
 
     # --- legs ---------------------------------------------------------------------------------
 
-    def _leg(self, msg: Message, now: float, out: Out, prefix: str = "") -> LegRecord | None:
-        """The leg an event is about; a channel never seen (we started mid-call) is adopted."""
+    def _leg(
+        self, msg: Message, now: float, out: Out, prefix: str = "", *, known_call: bool = False
+    ) -> LegRecord | None:
+        """The leg an event is about; a channel never seen (we started mid-call) is adopted.
+
+        ``known_call``: adopt only into a call already known (a hangup of a call we never saw
+        is nothing to report).
+        """
         uid = msg.get(prefix + "Uniqueid")
         if not uid:
             return None
@@ -298,7 +304,7 @@ class CallModel:
             return None
         linkedid = msg.get(prefix + "Linkedid")
         channel = msg.get(prefix + "Channel")
-        if not linkedid or not channel:
+        if not linkedid or not channel or (known_call and linkedid not in self._calls):
             return None
         return self._new_leg(uid, linkedid, channel, msg, prefix=prefix, now=now, out=out)
 
@@ -333,6 +339,8 @@ class CallModel:
         call.live_legs += 1
         if call.first is None and (uid == linkedid or (leg.agent is None and peer_name is None)):
             self._set_first_leg(call, leg)
+            if not created and (call.num or call.name):
+                self._emit(call, "caller", out)
         if created:
             self._emit(call, "new", out)
         return leg
@@ -449,7 +457,7 @@ class CallModel:
             leg.snap = None
 
     def _on_bridge_enter(self, msg: Message, now: float, out: Out) -> None:
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out)
         if leg is not None:
             leg.bridge = msg.get("BridgeUniqueid")
             leg.snap = None
@@ -473,7 +481,7 @@ class CallModel:
         return None
 
     def _on_hangup_request(self, msg: Message, now: float, out: Out) -> None:
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out, known_call=True)
         if leg is None:
             return
         call = leg.call
@@ -481,10 +489,11 @@ class CallModel:
             call.hangup_side = self._side(call, leg)
 
     def _on_hangup(self, msg: Message, now: float, out: Out) -> None:
-        uid = msg.get("Uniqueid") or ""
-        leg = self._legs.pop(uid, None)
+        leg = self._leg(msg, now, out, known_call=True)
         if leg is None:
             return
+        uid = leg.uid
+        del self._legs[uid]
         self._dead[uid] = None
         if len(self._dead) > _DEAD_UIDS:
             self._dead.popitem(last=False)
@@ -607,7 +616,7 @@ class CallModel:
             self._agent_leg_state(dest, call, connected=False, now=now, out=out)
 
     def _on_dial_end(self, msg: Message, now: float, out: Out) -> None:
-        dest = self._legs.get(msg.get("DestUniqueid") or "")
+        dest = self._leg(msg, now, out, "Dest")
         if dest is None:
             return
         call = dest.call
@@ -618,7 +627,7 @@ class CallModel:
                 if status == "ANSWER" and call.state is CallState.DIALING:
                     self._customer_answered(call, now, out)
             return
-        src = self._legs.get(msg.get("Uniqueid") or "")
+        src = self._leg(msg, now, out)
         if src is None or src.call is not call:
             return
         if not call.is_customer(src):
@@ -797,12 +806,12 @@ class CallModel:
             self._emit(call, "ivr_left", out)
 
     def _on_agi_exec(self, msg: Message, now: float, out: Out) -> None:
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out)
         if leg is not None and leg.call.state is not CallState.IVR:
             self._enter_ivr(leg.call, leg, msg, now, out, application="AGI")
 
     def _on_async_agi_start(self, msg: Message, now: float, out: Out) -> None:
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out)
         if leg is not None:
             self._enter_ivr(leg.call, leg, msg, now, out, application="AsyncAGI", script="agi:async")
 
@@ -845,7 +854,7 @@ class CallModel:
         self._refresh_queue(queue, "joined", out)
 
     def _on_queue_leave(self, msg: Message, now: float, out: Out) -> None:
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out)
         if leg is None:
             return
         call = leg.call
@@ -863,7 +872,7 @@ class CallModel:
             self._emit(call, "left_queue", out)
 
     def _on_queue_abandon(self, msg: Message, now: float, out: Out) -> None:
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out)
         if leg is None:
             return
         call = leg.call
@@ -889,7 +898,8 @@ class CallModel:
         self._ring(src.call, dest, dest.agent, queue=msg.get("Queue"), now=now, out=out)
 
     def _on_agent_connect(self, msg: Message, now: float, out: Out) -> None:
-        dest = self._legs.get(msg.get("DestUniqueid") or "")
+        self._leg(msg, now, out)
+        dest = self._leg(msg, now, out, "Dest")
         if dest is None:
             return
         call = dest.call
@@ -949,7 +959,7 @@ class CallModel:
             self._ended[ended.id] = replace(ended, talk_time=talk)
 
     def _on_agent_ring_no_answer(self, msg: Message, now: float, out: Out) -> None:
-        dest = self._legs.get(msg.get("DestUniqueid") or "")
+        dest = self._leg(msg, now, out, "Dest")
         if dest is not None:
             self._ring_ended(dest.call, dest, now, out)
 
@@ -969,7 +979,7 @@ class CallModel:
         self._emit(call, "unheld", out)
 
     def _on_hold(self, msg: Message, now: float, out: Out) -> None:
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out)
         if leg is not None and leg.call.state is CallState.CONNECTED:
             self._hold(leg.call, None, out)
 
@@ -987,7 +997,7 @@ class CallModel:
         hold-time counters mean by "on hold". Music before the call is connected (the queue's,
         a MusicOnHold() prompt) is waiting, not hold, so it is ignored.
         """
-        leg = self._legs.get(msg.get("Uniqueid") or "")
+        leg = self._leg(msg, now, out)
         if leg is not None and leg.call.state is CallState.CONNECTED:
             self._hold(leg.call, leg.uid, out)
 
