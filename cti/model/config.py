@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -16,7 +17,7 @@ class AgentConfig:
 
     id: str
     name: str | None = None
-    interfaces: tuple[str, ...] = ()
+    interfaces: Sequence[str] = ()
     wrapup: float = 0.0
 
     def __post_init__(self) -> None:

@@ -118,15 +118,15 @@ def resync(
     call_of_uid = {uid: leg.call.id for uid, leg in model._legs.items()}
     waiting: dict[str, list[tuple[int, str]]] = {}
     for uid, (queue_name, position, _) in entries.items():
-        call_id = call_of_uid.get(uid)
-        if call_id is not None:
-            waiting.setdefault(queue_name, []).append((position, call_id))
+        waiting_call = call_of_uid.get(uid)
+        if waiting_call is not None:
+            waiting.setdefault(queue_name, []).append((position, waiting_call))
     for queue_name, queue in list(model._queues.items()):
         if queue_name not in listed_queues:
             del model._queues[queue_name]
             out.append(QueueChanged(queue.snapshot(), "removed"))
             continue
-        queue.waiting = [call_id for _, call_id in sorted(waiting.get(queue_name, []))]
+        queue.waiting = [call for _, call in sorted(waiting.get(queue_name, []))]
         model._refresh_queue(queue, "resync", out)
     for agent in model._agents.values():
         model._refresh_agent(agent, now, "resync", out)

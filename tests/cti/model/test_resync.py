@@ -57,7 +57,7 @@ def test_resync_of_a_fresh_model_gives_the_streamed_calls(
 ) -> None:
     streamed = _until_lists(replay)
     now = streamed.messages[-1][0]
-    expected = sorted(_facts(c) for c in streamed.model.live_calls())
+    expected = sorted((_facts(c) for c in streamed.model.live_calls()), key=str)
     assert [(f[1], f[6]) for f in expected] == [
         (CallState.CONNECTED, "support"),
         (CallState.QUEUED, "billing"),
@@ -65,8 +65,10 @@ def test_resync_of_a_fresh_model_gives_the_streamed_calls(
 
     fresh = CallModel()
     changes = fresh.resync(*lists, now)
-    assert sorted(_facts(c) for c in fresh.live_calls()) == expected
-    assert sorted(c.call.id for c in changes if isinstance(c, CallChanged)) == sorted(f[0] for f in expected)
+    assert sorted((_facts(c) for c in fresh.live_calls()), key=str) == expected
+    assert sorted(c.call.id for c in changes if isinstance(c, CallChanged)) == sorted(
+        str(f[0]) for f in expected
+    )
     assert all(c.change == "resync" for c in changes if isinstance(c, CallChanged))
 
     jane = next(c for c in fresh.live_calls() if c.caller_name == "Jane Doe")
