@@ -7,8 +7,8 @@ Call changes: ``new``, ``caller``, ``variables``, ``dialing``, ``customer_answer
 ``agent_identified``, ``ring_no_answer``, ``answered``, ``agent_left``, ``held``, ``unheld``,
 ``transferred``, ``originate``, ``resync``, ``ended``.
 
-Agent changes: ``new``, ``added``, ``removed``, ``paused``, ``unpaused``, ``penalty``,
-``ringinuse``, ``member``, ``device``, ``status``, ``resync``.
+Agent changes: ``new``, ``config`` (``add_agent`` again), ``added``, ``removed``, ``paused``,
+``unpaused``, ``penalty``, ``ringinuse``, ``member``, ``device``, ``status``, ``resync``.
 
 Queue changes: ``new``, ``params``, ``joined``, ``left``, ``abandoned``, ``member_added``,
 ``member_removed``, ``answered``, ``removed``, ``resync``.

@@ -64,6 +64,7 @@ Rule 10 (cost). Messages are dispatched on their name before any header is read;
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -90,6 +91,7 @@ Out = list[ModelChange]
 Handler = Callable[[Message, float, Out], None]
 
 _AGI_APPS = frozenset({"AGI", "EAGI", "DeadAGI"})
+_UNIQUEID_LINE = re.compile(r"\nUniqueid: ([^\r\n]*)")
 _DEVICE_STATES = {
     "0": "unknown",
     "1": "not_inuse",
@@ -217,7 +219,7 @@ class CallModel:
             if interface not in agent.interfaces:
                 agent.interfaces.append(interface)
             self._bind_device(device_of_interface(interface), agent, now, out)
-        self._refresh_agent(agent, now, "new", out)
+        self._refresh_agent(agent, now, "new" if agent.snap is None else "config", out)
         return out
 
     def call(self, call_id: str) -> Call | None:
@@ -243,7 +245,8 @@ class CallModel:
 
     def agent_for_device(self, device_or_channel: str) -> str | None:
         """The agent id owning a channel, a device or an interface, if any."""
-        return self._device_agent.get(device_of_channel(device_of_interface(device_or_channel)))
+        device = device_of_interface(device_or_channel)
+        return self._device_agent.get(device) or self._device_agent.get(device_of_channel(device))
 
     def queue(self, name: str) -> Queue | None:
         record = self._queues.get(name)
@@ -690,10 +693,16 @@ class CallModel:
         """A ring that was not answered: AgentRingNoAnswer, DialEnd other than ANSWER, hangup."""
         if call.ringing.pop(dest.uid, None) is None:
             return
-        if call.state is CallState.RINGING and not call.ringing:
-            call.state = CallState.QUEUED if call.in_queue else CallState.ROUTING
-            call.agent = call.last_agent
-            call.agent_interface = call.last_agent_interface
+        if call.state is CallState.RINGING:
+            if call.ringing:
+                # ringall: the others still ring; the call shows the latest of them.
+                latest = next(reversed(call.ringing.values()))
+                call.agent = latest.agent
+                call.agent_interface = latest.device
+            else:
+                call.state = CallState.QUEUED if call.in_queue else CallState.ROUTING
+                call.agent = call.last_agent
+                call.agent_interface = call.last_agent_interface
         self._emit(call, "ring_no_answer", out)
         self._release_agent_leg(dest, now, out)
 
@@ -789,9 +798,15 @@ class CallModel:
         return True
 
     def _on_newexten(self, msg: Message, now: float, out: Out) -> None:
-        # Newexten is ~10% of the traffic: look at the raw text before parsing any header.
-        if "AGI" not in msg.text and not self._ivr_legs:
-            return
+        # Newexten is ~10% of the traffic: look at the raw text before parsing any header. Only
+        # an AGI application, or the next application of a leg that is in an IVR, matters.
+        text = msg.text
+        if "AGI" not in text:
+            if not self._ivr_legs:
+                return
+            found = _UNIQUEID_LINE.search(text)
+            if found is None or found.group(1) not in self._ivr_legs:
+                return
         application = msg.get("Application") or ""
         uid = msg.get("Uniqueid") or ""
         if application in _AGI_APPS:
@@ -1183,8 +1198,6 @@ class CallModel:
             membership=msg.get("Membership") or (old.membership if old else "static"),
         )
         agent.memberships[queue.name] = membership
-        if paused and reason:
-            agent.pause_reason = reason
         status = msg.get("Status")
         device_state = _DEVICE_STATES.get(status, agent.device_state) if status else agent.device_state
         device_changed = device_state != agent.device_state

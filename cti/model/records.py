@@ -254,7 +254,6 @@ class AgentRecord:
         "member_wrapup",
         "memberships",
         "name",
-        "pause_reason",
         "snap",
         "state_interface",
         "status",
@@ -270,7 +269,6 @@ class AgentRecord:
         self.memberships: dict[str, Membership] = {}
         self.member_wrapup: dict[str, float] = {}
         self.config_wrapup = 0.0
-        self.pause_reason: str | None = None
         self.device_state: str | None = None
         # uniqueid of the agent's dialed leg -> (call id, connected?)
         self.legs: dict[str, tuple[str, bool]] = {}
@@ -307,13 +305,16 @@ class AgentRecord:
 
     def snapshot(self) -> Agent:
         paused = tuple(q for q, m in self.memberships.items() if m.paused)
+        reason = next(
+            (m.paused_reason for m in self.memberships.values() if m.paused and m.paused_reason), None
+        )
         return Agent(
             id=self.id,
             status=self.status,
             name=self.name,
             interfaces=tuple(self.interfaces),
             state_interface=self.state_interface,
-            paused_reason=self.pause_reason if paused else None,
+            paused_reason=reason,
             paused_queues=paused,
             queues=tuple(self.memberships),
             memberships=tuple(self.memberships.values()),
