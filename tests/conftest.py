@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -18,6 +19,20 @@ REQUIRE_LAB = os.environ.get("CALLBRIDGE_REQUIRE_LAB") == "1"
 def pytest_report_header() -> str:
     captures = os.environ.get("CALLBRIDGE_CAPTURES") or LAB_FIXTURES / "ami"
     return f"captures: {captures}; Asterisk lab: {LAB_DIR} ({'required' if REQUIRE_LAB else 'optional'})"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``callbridge.cli.main`` configures logging, as a program's main should; tests call it
+    in-process, so each test gets back the logging it started with."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in ("cti.ami.wire", "cti", "callbridge")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
 
 
 @pytest.fixture
