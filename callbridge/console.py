@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from enum import Enum
 from typing import Any
 
 from cti.ami.message import Message
+from cti.model import AgentChanged, CallChanged, CallState, QueueChanged
 
 # Events a busy PBX sends by the thousand that say nothing about calls, agents or queues.
 NOISY_EVENTS = frozenset(
@@ -47,49 +47,38 @@ def format_message(message: Message) -> str:
     return " ".join(parts)
 
 
-def _value(obj: Any, name: str) -> Any:
-    value = getattr(obj, name, None)
-    return value.value if isinstance(value, Enum) else value
+def format_call(change: CallChanged) -> str:
+    call = change.call
+    who = " ".join(p for p in (call.caller_num, call.caller_name) if p)
+    outbound = call.direction == "outbound"
+    if outbound:
+        who = f"outbound to {call.remote_num} (as {who or 'no caller id'})"
+    parts = [f"call {call.id}", f"{call.state.value:<9}", f"[{change.change}]", who or "(no caller id)"]
+    for label, value in (
+        ("dialed", None if outbound else call.dialed),
+        ("queue", call.queue),
+        ("agent", call.agent),
+    ):
+        if value:
+            parts.append(f"{label}={value}")
+    if call.state is CallState.ENDED and call.hangup_cause is not None:
+        text = call.hangup_cause_text
+        parts.append(f"cause={call.hangup_cause}{f' ({text})' if text else ''}")
+    return "  ".join(parts)
 
 
 def format_change(event: object) -> str | None:
     """A model change (``CallChanged``, ``AgentChanged``, ``QueueChanged``) or adapter event."""
+    if isinstance(event, CallChanged):
+        return format_call(event)
+    if isinstance(event, AgentChanged):
+        agent = event.agent
+        name = f" ({agent.name})" if agent.name and agent.name != agent.id else ""
+        reason = f" ({agent.paused_reason})" if agent.paused_reason else ""
+        return f"agent {agent.id}{name}  {agent.status.value}{reason}  [{event.change}]"
+    if isinstance(event, QueueChanged):
+        return f"queue {event.queue.name}  {len(event.queue.waiting)} waiting  [{event.change}]"
     kind = type(event).__name__
-    if kind == "CallChanged":
-        call = event.call  # type: ignore[attr-defined]
-        who = " ".join(str(p) for p in (_value(call, "caller_num"), _value(call, "caller_name")) if p)
-        if _value(call, "direction") == "outbound":
-            who = f"outbound to {_value(call, 'remote_num')} (as {who or 'no caller id'})"
-        parts = [
-            f"call {call.id}",
-            f"{_value(call, 'state'):<9}",
-            f"[{event.change}]",
-            who or "(no caller id)",
-        ]  # type: ignore[attr-defined]
-        for label, attr in (("dialed", "dialed"), ("queue", "queue"), ("agent", "agent")):
-            if attr == "dialed" and _value(call, "direction") == "outbound":
-                continue
-            value = _value(call, attr)
-            if value:
-                parts.append(f"{label}={value}")
-        if _value(call, "state") == "ended":
-            cause = _value(call, "hangup_cause")
-            text = _value(call, "hangup_cause_text")
-            if cause is not None:
-                parts.append(f"cause={cause}{f' ({text})' if text else ''}")
-        return "  ".join(parts)
-    if kind == "AgentChanged":
-        agent = event.agent  # type: ignore[attr-defined]
-        reason = _value(agent, "paused_reason")
-        name = _value(agent, "name")
-        return (
-            f"agent {agent.id}{f' ({name})' if name and name != agent.id else ''}  {_value(agent, 'status')}"
-            f"{f' ({reason})' if reason else ''}  [{event.change}]"  # type: ignore[attr-defined]
-        )
-    if kind == "QueueChanged":
-        queue = event.queue  # type: ignore[attr-defined]
-        waiting = _value(queue, "waiting") or ()
-        return f"queue {queue.name}  {len(waiting)} waiting  [{event.change}]"  # type: ignore[attr-defined]
     if kind.startswith("PBX"):
         fields = ", ".join(f"{k}={v}" for k, v in vars_of(event).items() if k != "pbx")
         return f"{kind} {fields}"

@@ -31,6 +31,9 @@ step "ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 
+step "mypy (strict on cti/ and callbridge/)"
+"$VENV/bin/mypy"
+
 step "pytest (the real Asterisk is required: CALLBRIDGE_REQUIRE_LAB=1)"
 export CALLBRIDGE_REQUIRE_LAB=1
 "$VENV/bin/python" -m pytest "$@"
