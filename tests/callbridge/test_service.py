@@ -119,3 +119,26 @@ def test_demo_command_shows_calls_moving_through_queues_to_agents(capsys: pytest
     assert any("[abandoned]" in line and "queue=billing" in line for line in maria)
     assert any("agent agent5 (Eve)  paused (Lunch break)" in line for line in lines)
     assert lines[-1].endswith("demo over: 0 live calls left")
+
+
+async def test_garbage_and_a_1mb_line_mid_call_leave_the_model_right(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bad bytes between two real events: logged with what and where, dropped, the call still
+    ends as it did on the real PBX."""
+    caplog.set_level(logging.WARNING)
+    async with FakePBX(["queue_answered"], speed=20.0, secret=SECRET) as pbx:
+        pbx.pause_replay(at=3.0)
+        service = Service(settings_for(pbx))
+        sub = service.bus.subscribe(CallChanged, name="test")
+        async with service:
+            assert await asyncio.wait_for(pbx.wait_paused(), 10)
+            await pbx.send_raw(b"\x00\x01garbage\xff\r\n\r\n")
+            await pbx.send_raw(b"Event: Huge\r\nData: " + b"A" * (1024 * 1024) + b"\r\n\r\n")
+            pbx.resume_replay()
+            taken = await until(sub, lambda e: e.call.state is CallState.ENDED)
+            assert service.client.session == 1  # the link was never dropped
+    ended = taken[-1].call
+    assert (ended.agent, ended.queue, ended.hangup_cause) == ("agent1", "support", 16)
+    assert "not an AMI message: the first line is not Event/Response/Action" in caplog.text
+    assert "without a message end (limit 262144); discarding up to the next blank line" in caplog.text
