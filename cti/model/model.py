@@ -222,7 +222,7 @@ class CallModel:
         self._refresh_agent(agent, now, "new" if agent.snap is None else "config", out)
         return out
 
-    def call(self, call_id: str) -> Call | None:
+    def get_call(self, call_id: str) -> Call | None:
         """A live call, or one of the recently ended ones."""
         record = self._calls.get(call_id)
         if record is not None:

@@ -38,7 +38,7 @@ def test_no_ghost_calls(replay: ReplayFactory, name: str) -> None:
         assert call.state is CallState.ENDED
         assert call.end_reason == "hangup"
         assert all(leg.ended for leg in call.legs)
-        kept = result.model.call(call.id)
+        kept = result.model.get_call(call.id)
         assert kept is not None
         # A trailing AgentComplete may complete talk_time in the history after "ended".
         assert replace(kept, talk_time=call.talk_time) == call

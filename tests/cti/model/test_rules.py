@@ -61,7 +61,7 @@ def connected() -> CallModel:
         ("ringing_agent", CallState.RINGING),
         ("answered", CallState.CONNECTED),
     ]
-    call = model.call(L)
+    call = model.get_call(L)
     assert call is not None
     assert (call.caller_num, call.caller_name, call.dialed, call.agent) == (
         "+15551234567",
@@ -80,7 +80,7 @@ def test_hold_and_unhold_events(connected: CallModel) -> None:
     assert call_changes(connected.apply(event("Unhold", **channel(ALICE)), 12.0)) == [
         ("unheld", CallState.CONNECTED)
     ]
-    call = connected.call(L)
+    call = connected.get_call(L)
     assert call is not None and call.hold_count == 1 and not call.held
 
 
@@ -96,7 +96,7 @@ def test_consultation_then_attended_transfer(connected: CallModel) -> None:
     model.apply(event("DialEnd", **channel(ALICE), **channel(BOB, "Dest"), DialStatus="ANSWER"), 13.0)
     bob = model.agent("bob")
     assert bob is not None and bob.status is AgentStatus.ON_CALL
-    call = model.call(L)
+    call = model.get_call(L)
     assert call is not None and (call.state, call.agent) == (CallState.HELD, "alice")
 
     transfer = event(
@@ -118,7 +118,7 @@ def test_consultation_then_attended_transfer(connected: CallModel) -> None:
     assert model.apply(hangup(TRUNK), 30.0) == []
     ended = call_changes(model.apply(hangup(BOB), 30.0))
     assert ended[-1] == ("ended", CallState.ENDED)
-    call = model.call(L)
+    call = model.get_call(L)
     assert call is not None
     assert call.agents == ("alice", "bob")
     (only,) = call.transfers
@@ -198,4 +198,36 @@ def test_history_is_bounded(replay: ReplayFactory) -> None:
     kept = result.model.ended_calls()
     assert len(kept) == 10
     assert [c.id for c in kept] == [c.id for c in result.calls("ended")][-10:]
-    assert result.model.call(result.calls("ended")[0].id) is None
+    assert result.model.get_call(result.calls("ended")[0].id) is None
+
+
+def test_originate_through_a_trunk_is_outbound() -> None:
+    """``Originate Channel: PJSIP/+15551234567@trunk``: the number is only in the dial string."""
+    model = CallModel()
+    leg = channel(TRUNK, ChannelStateDesc="Down", CallerIDNum="8005550100", Context="default", Exten="s")
+    changes = model.apply(event("Newchannel", **leg), 0.0)
+    changes += model.apply(event("DialBegin", **channel(TRUNK, "Dest"), DialString="+15551234567@trunk"), 0.1)
+    changes += model.apply(event("Newstate", **{**leg, "ChannelStateDesc": "Up"}), 3.0)
+    assert call_changes(changes) == [
+        ("new", CallState.ROUTING),
+        ("dialing", CallState.DIALING),
+        ("customer_answered", CallState.ROUTING),
+    ]
+    call = model.get_call(L)
+    assert call is not None
+    assert (call.direction, call.dialed, call.remote_num, call.caller_num) == (
+        "outbound",
+        "+15551234567",
+        "+15551234567",
+        "8005550100",
+    )
+    assert call.customer_answered_at == 3.0
+
+
+def test_call_from_an_agent_device_is_internal() -> None:
+    model = CallModel(agents=[AgentConfig("alice", "Alice", ["PJSIP/1001"])])
+    model.apply(
+        event("Newchannel", Channel=ALICE, Uniqueid=L, Linkedid=L, CallerIDNum="1001", Exten="2002"), 0.0
+    )
+    call = model.get_call(L)
+    assert call is not None and call.direction == "internal" and call.caller_num == "1001"
