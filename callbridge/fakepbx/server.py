@@ -244,13 +244,12 @@ class FakePBX:
         self.write_timeout = write_timeout
         self.banner = banner
 
-        analyses: dict[str, Analysis] = {}
+        analyses: dict[str | Capture, Analysis] = {}
 
         def analyse(item: str | Capture) -> Analysis:
-            capture = load_capture(item) if isinstance(item, str) else item
-            if capture.name not in analyses:
-                analyses[capture.name] = Analysis(capture)
-            return analyses[capture.name]
+            if item not in analyses:
+                analyses[item] = Analysis(load_capture(item) if isinstance(item, str) else item)
+            return analyses[item]
 
         self._scenarios = [analyse(s) for s in scenarios]
         self._originate_candidates = [
@@ -358,8 +357,9 @@ class FakePBX:
     async def restart(self, delay: float = 0.0) -> None:
         """Act like an Asterisk restart: every connection dropped, every call gone, queues back
         to the configuration, uptime from zero. The scenario that was playing is over (it counts
-        as played); the sequence goes on with the next one at the next login. With ``delay`` the
-        port is closed for that many seconds, then listens again on the same port."""
+        as played); the sequence goes on with the next one at the next login (``autoplay``) or
+        ``start_replay()``. With ``delay`` the port is closed for that many seconds, then listens
+        again on the same port."""
         log.info("fake PBX restarting (down for %.1fs)", delay)
         if delay > 0 and self._server is not None:
             self._server.close()
@@ -395,8 +395,10 @@ class FakePBX:
         )
 
     def pause_replay(self, *, at: float | None = None) -> None:
-        """Hold the scenario sequence before its next step, or, with ``at``, before the first
-        step of a capture whose capture time (the ``t`` of the capture files) is past ``at``."""
+        """Hold the replay (the sequence and the calls Originates started) before its next step;
+        with ``at``, from the first step of the sequence's current (or next) scenario whose
+        capture time (the ``t`` of the capture files) is past ``at``: the state is then the one
+        Asterisk had at that moment of the capture."""
         if at is None:
             self._resume.clear()
         else:
@@ -418,9 +420,7 @@ class FakePBX:
     async def replay_done(self, count: int | None = None) -> None:
         """Wait until ``count`` scenarios of the sequence have been played (default: each once)."""
         target = len(self._scenarios) if count is None else count
-        while len(self.played) < target:
-            if self._sequence_over() and self._sequence_task is None and not self._can_play_more():
-                return
+        while len(self.played) < target and not self._sequence_over():
             await self._wait_change()
 
     def actions_named(self, name: str) -> list[Message]:
@@ -459,14 +459,24 @@ class FakePBX:
             return self._clock
         return self._clock + (asyncio.get_running_loop().time() - self._clock_at) * self.speed
 
-    def _new_script(self, analysis: Analysis, **options: object) -> Script:
+    def _new_script(
+        self,
+        analysis: Analysis,
+        originate: CapturedAction | None = None,
+        originate_action_id: str | None = None,
+    ) -> Script:
+        """The next play's script: play k moves its ids past those of plays 0..k-1 (script.py Rule 4)."""
         index = self._plays_started
         self._plays_started += 1
         rewrite = Rewrite(
             epoch_offset=index * self._epoch_stride, channel_offset=self._channel_base, bridge_offset=index
         )
         self._channel_base += analysis.channel_span
-        return analysis.script(rewrite=rewrite, **options)  # type: ignore[arg-type]
+        if originate is None:
+            return analysis.script(rewrite=rewrite)
+        return analysis.script(
+            start="originate", rewrite=rewrite, originate=originate, originate_action_id=originate_action_id
+        )
 
     async def _run_sequence(self) -> None:
         try:
@@ -475,7 +485,7 @@ class FakePBX:
                     self._next_scenario = 0
                 analysis = self._scenarios[self._next_scenario]
                 self._next_scenario += 1
-                play = _Play(self._new_script(analysis, start="login"), sequence=True, base=self._pbx_now())
+                play = _Play(self._new_script(analysis), sequence=True, base=self._pbx_now())
                 self._plays.add(play)
                 log.info("replay of %s started", analysis.name)
                 try:
@@ -510,8 +520,7 @@ class FakePBX:
                     await asyncio.sleep(delay)
             else:
                 await asyncio.sleep(0)
-            if play.sequence:
-                origin += await self._gate(play, step)
+            origin += await self._gate(play, step)
             self._set_clock(play.base + step.t)
             now = self._clock
             for message in step.messages:
@@ -524,7 +533,7 @@ class FakePBX:
         Held by ``pause_replay(at=...)``, the PBX clock shows ``at``: a CoreShowChannels then
         reports the durations Asterisk reported at that moment of the capture."""
         clock = self._pbx_now()
-        if self._pause_at is not None and step.capture_t > self._pause_at:
+        if play.sequence and self._pause_at is not None and step.capture_t > self._pause_at:
             clock = play.base + self._pause_at - (step.capture_t - step.t)
             self._pause_at = None
             self._resume.clear()
@@ -720,12 +729,12 @@ class FakePBX:
             ok = bool(session.challenge) and (action.get("Key") or "") == expected
         else:
             ok = (action.get("Secret") or "") == self.secret
-        ok = ok and username == self.username
+        ok = ok and username.lower() == self.username.lower()  # manager.c: strcasecmp
         if not ok:
             log.info(
                 "AMI connection #%d from %s: login as %r refused", session.number, session.peer, username
             )
-            if username == self.username:
+            if username.lower() == self.username.lower():
                 await self._security_event("InvalidPassword", session, [])
             if self.auth_fail_delay > 0:
                 await asyncio.sleep(self.auth_fail_delay)
@@ -1019,9 +1028,7 @@ class FakePBX:
         if candidate is None:
             log.debug("Originate %s: no capture matches, no call is made", channel)
             return True
-        script = self._new_script(
-            candidate.analysis, start="originate", originate=candidate.action, originate_action_id=action_id
-        )
+        script = self._new_script(candidate.analysis, candidate.action, action_id)
         play = _Play(script, sequence=False, base=self._pbx_now())
         play.task = asyncio.get_running_loop().create_task(
             self._run_originate(play), name="fakepbx-originate"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from callbridge.captures import load_capture, load_messages
+from callbridge.captures import Capture, Chunk, load_capture, load_messages
 from callbridge.fakepbx import FakePBX, parse_queues_conf
 from callbridge.fakepbx.script import Analysis, Rewrite
 from cti.ami.codec import Banner, MessageReader, ProtocolViolation, format_action
@@ -378,6 +378,23 @@ def test_script_keeps_the_captured_chunking() -> None:
     assert script.steps[0].t < 0.01 and script.steps[-1].t == pytest.approx(5.53, abs=0.01)
 
 
+def test_script_merges_a_read_that_ends_inside_a_message() -> None:
+    event = (
+        b"Event: Newchannel\r\nPrivilege: call,all\r\nChannel: Local/a@b-00000000;1\r\n"
+        b"Uniqueid: 1795581569.0\r\n\r\n"
+    )
+    chunks = (
+        Chunk(0.001, "in", b"Asterisk Call Manager/11.0.0\r\n"),
+        Chunk(0.002, "out", b"Action: Login\r\nActionID: x-1\r\nUsername: lab\r\nSecret: lab\r\n\r\n"),
+        Chunk(0.003, "in", b"Response: Success\r\nActionID: x-1\r\nMessage: Authentication accepted\r\n\r\n"),
+        Chunk(0.5, "in", event[:30]),
+        Chunk(0.7, "in", event[30:] + event),
+        Chunk(0.9, "in", None),
+    )
+    script = Analysis(Capture("synthetic", chunks)).script()
+    assert [(round(s.t, 3), s.data, len(s.messages)) for s in script.steps] == [(0.697, event + event, 2)]
+
+
 def test_rewrite_keeps_lengths_and_moves_every_id() -> None:
     analysis = Analysis(load_capture("blind_transfer_action"))
     plain = analysis.script()
@@ -468,6 +485,27 @@ async def test_restart_forgets_every_channel(connect: Any) -> None:
         assert eve["Paused"] == "0"  # the pause was part of the state that the restart forgot
         await pbx.replay_done()
         assert pbx.played == ["actions"]
+
+
+async def test_restart_cuts_the_scenario_short_and_the_next_one_plays(connect: Any) -> None:
+    async with FakePBX(["queue_answered", "originate_busy"], speed=None) as pbx:
+        pbx.pause_replay(at=1.0)
+        client = await connect(pbx)
+        await client.login()
+        assert await pbx.wait_paused()
+        await pbx.restart()
+        assert pbx.played == ["queue_answered"]
+        pbx.resume_replay()
+        again = await connect(pbx)
+        await again.login()
+        seen = await read_until_done(again, pbx)
+    assert pbx.played == ["queue_answered", "originate_busy"]
+    assert [m["Reason"] for m in seen if m.name == "OriginateResponse"] == ["5"]
+    # The restarted PBX numbers its calls after those of the cut scenario: no id comes back.
+    assert {m["Channel"] for m in seen if m.name == "Newchannel"} == {
+        "Local/+14155550144@customers-00000002;1",
+        "Local/+14155550144@customers-00000002;2",
+    }
 
 
 async def test_restart_with_a_delay_refuses_connections_meanwhile(connect: Any, unit: float) -> None:
