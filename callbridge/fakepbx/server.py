@@ -14,7 +14,8 @@ Rule 1. One PBX, one timeline. The scenarios are played one after another (``sce
         a message.
 Rule 2. Time: a step due ``t`` capture seconds after the play's start is written at ``t / speed``
         real seconds; ``speed=None`` writes as fast as the clients read, yielding to the loop
-        after every step. Pauses stop the replay between steps; paused time does not count.
+        after every step. Pauses stop the replay between steps (Originate calls too); paused
+        time does not count.
         The PBX clock (channel durations, queue waits) runs in capture seconds.
 Rule 3. Writes are whole messages. After every write the PBX waits for the client to take the
         bytes (``drain``); a client that has not taken them after ``write_timeout`` seconds is
@@ -25,9 +26,12 @@ Rule 4. Actions are answered in order, one at a time per connection, with the cl
         (none if it sent none): login and the session actions as manager.c does; the list
         actions (``CoreShowChannels``, ``Status``, ``QueueStatus``, ``QueueSummary``) from the
         current state; ``QueuePause``/``QueueAdd``/``QueueRemove``/``QueuePenalty``/
-        ``QueueMemberRingInUse`` change the state and emit the events Asterisk emits; other
-        actions get the response a capture holds for the most similar action of that name; an
-        action no capture and no handler knows is "Invalid/unknown command", as in Asterisk.
+        ``QueueMemberRingInUse`` change the state and emit the events Asterisk emits;
+        ``Getvar``/``Setvar``/``Hangup`` know the live channels ("No such channel");
+        ``CoreStatus`` counts them; ``Command`` answers a CLI command a capture ran with its
+        captured output. Other actions get the response a capture holds for the most similar
+        action of that name (responses.py); an action no capture and no handler knows is
+        "Invalid/unknown command", as in Asterisk (so is any real action no capture holds).
 Rule 5. ``Originate`` is answered "Originate successfully queued" and makes a call only when one
         of ``originate_scenarios`` was recorded from a matching Originate (same ``Channel``; the
         best match on ``Context``, ``Exten`` and ``CallerID``): that capture is then played from
