@@ -25,16 +25,13 @@ R4.      Agents' calls are rebuilt from the derived call states; every snapshot 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from cti.ami.message import Message
 from cti.model.changes import CallChanged, ModelChange, QueueChanged
 from cti.model.devices import clean, device_of_channel, local_peer_name
+from cti.model.handlers import EventHandlers
 from cti.model.records import CallRecord, LegRecord
 from cti.model.snapshots import CallState, IvrVisit
-
-if TYPE_CHECKING:
-    from cti.model.model import CallModel
 
 _AGI_APPLICATIONS = frozenset({"AGI", "EAGI", "DeadAGI"})
 GONE_AFTER_RESYNC = "gone after resync"
@@ -59,7 +56,7 @@ def _is_dialed_half(leg: LegRecord) -> bool:
 
 
 def resync(
-    model: CallModel, channels: Sequence[Message], queue_status: Sequence[Message], now: float
+    model: EventHandlers, channels: Sequence[Message], queue_status: Sequence[Message], now: float
 ) -> list[ModelChange]:
     # The model's internals are this module's to rebuild: it is the model's other entry point.
     out: list[ModelChange] = []
@@ -134,7 +131,7 @@ def resync(
 
 
 def _resync_call(
-    model: CallModel,
+    model: EventHandlers,
     linkedid: str,
     call_rows: list[Message],
     now: float,
