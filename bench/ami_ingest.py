@@ -502,10 +502,11 @@ def run_io(name: str, samples: int) -> None:
     mb = len(data) / 1e6
     print(f"\nloopback TCP, one copy of {name} ({expected:,} messages, {mb:.1f} MB), the recorded reads:")
     print(f"  {'reader':<34} {'threads':>7} {'wall s':>8} {'CPU s':>8} {'msgs/s':>10}")
-    for label, run in [
+    runs: list[tuple[str, Callable[[], tuple[float, float, int]]]] = [
         ("codec under asyncio", lambda: io_ours(chunks, expected)),
         ("asterisk-ami AMIClient (recv 1 KiB)", lambda: io_asterisk_ami(chunks, expected)),
-    ]:
+    ]
+    for label, run in runs:
         wall, cpu, started = run()
         print(f"  {label:<34} {started:>7} {wall:>8.3f} {cpu:>8.3f} {expected / wall:>10,.0f}")
     wall, cpu, started = io_pyst2_framing(chunks)

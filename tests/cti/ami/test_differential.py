@@ -476,7 +476,12 @@ def pyst2_frames(data: bytes) -> list[list[str]]:
     """The frames pyst2's reader (``Manager._receive_data``) cuts from ``data``."""
     manager = pyst.Manager()
     ours_end, theirs_end = socket.socketpair()
-    writer = threading.Thread(target=lambda: (theirs_end.sendall(data), theirs_end.shutdown(socket.SHUT_WR)))
+
+    def write() -> None:
+        theirs_end.sendall(data)
+        theirs_end.shutdown(socket.SHUT_WR)
+
+    writer = threading.Thread(target=write)
     writer.start()
     manager._sock = ours_end.makefile(mode="rwb", buffering=0)  # as Manager.connect() does
     ours_end.close()
@@ -750,7 +755,9 @@ def test_both_packages_import_side_by_side(tmp_path: Path) -> None:
                 (target / py.name).write_bytes(py.read_bytes())
         else:
             target.write_bytes(source.read_bytes())
-    six = Path(importlib.util.find_spec("six").origin or "")  # pyst2 needs it
+    spec = importlib.util.find_spec("six")  # pyst2 needs it
+    assert spec is not None
+    six = Path(spec.origin or "")
     (tmp_path / "six.py").write_bytes(six.read_bytes())
     code = (
         "import asterisk, asterisk.ami, asterisk.manager as m; print(asterisk.__file__, m.Manager.__name__)"
