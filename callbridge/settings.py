@@ -165,8 +165,11 @@ def load_settings(
             continue
         located = _env_key(name)
         if located is None:
-            if name.removeprefix(ENV_PREFIX) not in ("CAPTURES", "LAB_DIR", "TEST_TIMEOUT_UNIT", "CONFIG"):
-                problems.append(f"env {name}: no such setting")
+            # A typo in a section's key must not pass silently; other CALLBRIDGE_* variables
+            # (the lab's CALLBRIDGE_LAB_DIR, the tests' knobs) are not settings.
+            section = name.removeprefix(ENV_PREFIX).lower().partition("_")[0]
+            if section in SCHEMA["properties"]:
+                problems.append(f"env {name}: no such setting in section {section!r}")
             continue
         section, key = located
         try:

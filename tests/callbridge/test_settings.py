@@ -33,13 +33,21 @@ def test_errors_name_the_key_and_where_it_came_from(tmp_path: Path) -> None:
     path = tmp_path / "callbridge.yaml"
     path.write_text("ami:\n  host: pbx.example\n  prot: 5038\n  port: 99999\nagents:\n  - {id: a1}\n")
     with pytest.raises(SettingsError) as info:
-        load_settings(path, environ={"CALLBRIDGE_AMI_AUTH": "kerberos", "CALLBRIDGE_NO_SUCH": "1"})
+        load_settings(
+            path,
+            environ={
+                "CALLBRIDGE_AMI_AUTH": "kerberos",
+                "CALLBRIDGE_AMI_PASSWORD": "x",
+                "CALLBRIDGE_LAB_DIR": "/x",
+            },
+        )
     problems = info.value.problems
     assert f"ami.prot ({path}:3): unknown key; expected one of" in "\n".join(problems)
     assert f"ami.port ({path}:4): 99999 is greater than the maximum of 65535" in problems
     assert f"agents.0 ({path}:6): 'interfaces' is a required property" in problems
     assert "ami.auth (env CALLBRIDGE_AMI_AUTH): 'kerberos' is not one of ['md5', 'plain']" in problems
-    assert "env CALLBRIDGE_NO_SUCH: no such setting" in problems
+    assert "env CALLBRIDGE_AMI_PASSWORD: no such setting in section 'ami'" in problems
+    assert not any("LAB_DIR" in p for p in problems)  # not a settings variable
 
 
 def test_bad_types_from_the_environment_and_broken_yaml(tmp_path: Path) -> None:
