@@ -15,7 +15,7 @@ from callbridge.console import format_change
 from callbridge.settings import Settings
 from cti.ami.client import AMIClient
 from cti.asterisk import AsteriskCTI
-from cti.model import AgentConfig, CallModel
+from cti.model import AgentConfig, CallModel, QueueConfig
 
 log = logging.getLogger("callbridge.calls")
 
@@ -26,6 +26,7 @@ class Service:
         self.bus = bus or Bus()
         self.model = CallModel(
             agents=[AgentConfig(a.id, a.name, a.interfaces) for a in settings.agents],
+            queues=[QueueConfig(q.name, q.wrapup) for q in settings.queues],
         )
         self.client = AMIClient(settings.ami)
         self.cti = AsteriskCTI(self.client, self.model, self.bus.publish, name=settings.pbx_name)

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "backoff_max": 30.0,
     },
     "agents": [],
+    "queues": [],
     "log": {"level": "INFO", "format": "text"},
     "demo": {"speed": 1.0, "loop": True, "scenarios": []},
 }
@@ -89,6 +90,18 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "queues": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "wrapup": {"type": "number", "minimum": 0},
+                },
+            },
+        },
         "log": {
             "type": "object",
             "additionalProperties": False,
@@ -126,10 +139,19 @@ class AgentSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """What AMI does not say about a queue: its wrap-up time (queues.conf ``wrapuptime``)."""
+
+    name: str
+    wrapup: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     ami: AMIConfig
     pbx_name: str = "asterisk"
     agents: tuple[AgentSettings, ...] = ()
+    queues: tuple[QueueSettings, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"
     demo_speed: float = 1.0
@@ -200,6 +222,7 @@ def load_settings(
         agents=tuple(
             AgentSettings(a["id"], a.get("name", a["id"]), tuple(a["interfaces"])) for a in data["agents"]
         ),
+        queues=tuple(QueueSettings(q["name"], float(q.get("wrapup", 0))) for q in data["queues"]),
         log_level=data["log"]["level"],
         log_format=data["log"]["format"],
         demo_speed=float(data["demo"]["speed"]),

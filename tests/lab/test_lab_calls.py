@@ -23,7 +23,7 @@ from callbridge.bus import Lagged, Subscription
 from callbridge.service import Service
 from callbridge.settings import load_settings
 from cti.asterisk import PBXDisconnected, PBXResynced
-from cti.model import CallChanged, CallState
+from cti.model import AgentChanged, CallChanged, CallState
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -287,3 +287,23 @@ def test_ami_tail_says_when_the_login_is_refused(lab: Any) -> None:
     assert result.returncode == 3
     assert "login refused by 127.0.0.1:5038: Authentication failed" in result.stderr
     assert "wrong-secret" not in result.stderr + result.stdout
+
+
+async def test_wrap_up_after_a_queue_call_then_ready(service: Service) -> None:
+    """callcenter has wrapuptime=1 in the lab's queues.conf, declared in config/callbridge.yaml."""
+    sub = service.bus.subscribe(name="test")
+    await originate(
+        service, "Local/pstn@callers", "from-pstn", "8005550103", '"Jane Doe" <+14155550123>', "CALLER_HOLD=4"
+    )
+    connected = (await until(sub, call_in(CallState.CONNECTED, queue="callcenter")))[-1].call
+    agent_id = connected.agent
+    assert agent_id in {"agent1", "agent2", "agent3", "agent4", "agent5"}
+
+    def agent_is(status: str) -> Callable[[Any], bool]:
+        return lambda e: (
+            isinstance(e, AgentChanged) and e.agent.id == agent_id and e.agent.status.value == status
+        )
+
+    wrap = (await until(sub, agent_is("wrap_up")))[-1].agent
+    ready = (await until(sub, agent_is("ready"), timeout=5))[-1]
+    assert wrap.status.value == "wrap_up" and ready.agent.status.value == "ready"
