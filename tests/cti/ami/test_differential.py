@@ -457,6 +457,21 @@ def test_asterisk_ami_listener_dies_when_a_handler_raises() -> None:
     assert [repr(e) for e in disconnects] == ["ValueError('bug in one handler')"]
 
 
+def test_asterisk_ami_pending_action_gets_none_after_timeout_when_the_pbx_closes() -> None:
+    with loopback_pbx([BANNER, 0.1]) as (port, _):
+        client = AMIClient(address="127.0.0.1", port=port, timeout=0.3)
+        run = listen_to(client)
+        client.connect()
+        future = client.send_action(asterisk.ami.SimpleAction("Ping"))
+        start = time.perf_counter()
+        response = future.response
+        waited = time.perf_counter() - start
+        client._thread.join(5)
+    assert response is None
+    assert 0.25 <= waited < 2
+    assert [type(e) for e in run.disconnects] == [StopIteration]
+
+
 def test_asterisk_ami_on_a_reset_connection_reports_the_error() -> None:
     event = frame(("Event", "FullyBooted"), ("Status", "Fully Booted"))
     with loopback_pbx([BANNER, event, 0.2, reset]) as (port, _):
@@ -688,6 +703,17 @@ def test_pyst2_fails_a_waiting_action_when_the_connection_is_cut() -> None:
         except pyst.ManagerSocketException as exc:
             outcome.append(exc)
     assert [str(o) for o in outcome] == ["(0, 'Connection Terminated')"]
+
+
+def test_pyst2_has_no_cap_a_long_line_becomes_a_made_up_response() -> None:
+    """300 kB without a line end (more than our 256 KiB cap) is one frame, then a response."""
+    event = frame(("Event", "FullyBooted"), ("Status", "Fully Booted"))
+    frames = pyst2_frames(BANNER + b"X" * 300_000 + b"\r\n\r\n" + event)
+    assert frames[1] == ["X" * 300_000 + "\r\n"]
+    parsed = pyst.ManagerMsg(frames[1])
+    assert parsed.headers == {"Response": "Generated Header"}
+    assert len(parsed.data) == 300_002
+    assert pyst.ManagerMsg(frames[2]).headers == {"Event": "FullyBooted", "Status": "Fully Booted"}
 
 
 def test_pyst2_reads_lines_so_a_split_character_survives_but_invalid_bytes_vanish() -> None:
