@@ -35,7 +35,7 @@ class Message:
     Lookups try the exact key first and then any case.
     """
 
-    __slots__ = ("_defects", "_fields", "_folded", "_multi", "kind", "name", "text")
+    __slots__ = ("_defects", "_fields", "_folded", "_repeated", "kind", "name", "text")
 
     text: str
     kind: MessageKind
@@ -46,7 +46,7 @@ class Message:
         self.kind = kind
         self.name = name
         self._fields: dict[str, str] | None = None
-        self._multi: dict[str, list[str]] | None = None
+        self._repeated: list[tuple[str, str]] | None = None
         self._folded: dict[str, str] | None = None
         self._defects: tuple[str, ...] = ()
 
@@ -66,14 +66,11 @@ class Message:
         pairs = _PAIR.findall(self.text)
         fields = dict(pairs)
         if len(fields) != len(pairs):
-            fields = {}
-            multi: dict[str, list[str]] = {}
-            for key, value in pairs:
-                if key in fields:
-                    multi.setdefault(key, [fields[key]]).append(value)
-                else:
-                    fields[key] = value
-            self._multi = multi
+            # Repeated keys (ChanVariable on every channel event): the first value answers
+            # ``get``, in the order keys first appear; ``get_all`` reads the pairs kept here.
+            first = dict(reversed(pairs))
+            fields = {key: first[key] for key in fields}
+            self._repeated = pairs
         if self.text.count("\n") + 1 != len(pairs):
             self._defects = tuple(
                 f"line {number}: no 'Key: Value' in {line[:60]!r}"
@@ -97,8 +94,6 @@ class Message:
         if real is None:
             raise KeyError(key)
         assert self._fields is not None
-        if self._multi and real in self._multi:
-            return self._multi[real][0]
         return self._fields[real]
 
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -106,8 +101,6 @@ class Message:
         if real is None:
             return default
         assert self._fields is not None
-        if self._multi and real in self._multi:
-            return self._multi[real][0]
         return self._fields[real]
 
     def get_all(self, key: str) -> list[str]:
@@ -116,8 +109,8 @@ class Message:
         if real is None:
             return []
         assert self._fields is not None
-        if self._multi and real in self._multi:
-            return list(self._multi[real])
+        if self._repeated is not None:
+            return [value for key, value in self._repeated if key == real]
         return [self._fields[real]]
 
     def __contains__(self, key: object) -> bool:
@@ -150,8 +143,13 @@ class Message:
         """Keys in order; a repeated key gives a list (the fixtures' ``.jsonl`` form)."""
         fields = self._fields if self._fields is not None else self._parse()
         out: dict[str, str | list[str]] = dict(fields)
-        for key, values in (self._multi or {}).items():
-            out[key] = list(values)
+        if self._repeated is not None:
+            values: dict[str, list[str]] = {}
+            for key, value in self._repeated:
+                values.setdefault(key, []).append(value)
+            for key, found in values.items():
+                if len(found) > 1:
+                    out[key] = found
         return out
 
     def channel_variables(self, prefix: str = "ChanVariable") -> dict[str, str]:
@@ -160,7 +158,8 @@ class Message:
         ``OriginateResponse`` writes them as ``ChanVariable(<channel>): NAME=value``.
         """
         out: dict[str, str] = {}
-        for key, value in self.pairs:
+        fields = self._fields if self._fields is not None else self._parse()
+        for key, value in self._repeated if self._repeated is not None else fields.items():
             if key == prefix or (key.startswith(prefix + "(") and key.endswith(")")):
                 name, _, val = value.partition("=")
                 out[name] = val
