@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "agents": [],
     "queues": [],
+    "customers": {"database": "var/customers.db", "default_region": "US", "segments": "config/segments.yaml"},
+    "http": {"host": "127.0.0.1", "port": 8080, "api_tokens": []},
     "log": {"level": "INFO", "format": "text"},
     "demo": {"speed": 1.0, "loop": True, "scenarios": []},
 }
@@ -102,6 +104,35 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "customers": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "database": {"type": "string", "minLength": 1},
+                "default_region": {"type": "string", "pattern": "^[A-Z]{2}$"},
+                "segments": {"type": "string"},
+            },
+        },
+        "http": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "host": {"type": "string", "minLength": 1},
+                "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "api_tokens": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "token"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "token": {"type": "string", "minLength": 16},
+                        },
+                    },
+                },
+            },
+        },
         "log": {
             "type": "object",
             "additionalProperties": False,
@@ -147,11 +178,36 @@ class QueueSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomerSettings:
+    database: str = "var/customers.db"
+    """SQLite file (created with its folder if missing); relative paths are from the working dir."""
+    default_region: str = "US"
+    """ISO country whose national number format phones without a country code are read in."""
+    segments: str = "config/segments.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    name: str
+    """Who uses it (``shop``, ``erp``): recorded as the source of what it writes."""
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_tokens: tuple[ApiToken, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     ami: AMIConfig
     pbx_name: str = "asterisk"
     agents: tuple[AgentSettings, ...] = ()
     queues: tuple[QueueSettings, ...] = ()
+    customers: CustomerSettings = field(default_factory=CustomerSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     log_level: str = "INFO"
     log_format: str = "text"
     demo_speed: float = 1.0
@@ -223,6 +279,12 @@ def load_settings(
             AgentSettings(a["id"], a.get("name", a["id"]), tuple(a["interfaces"])) for a in data["agents"]
         ),
         queues=tuple(QueueSettings(q["name"], float(q.get("wrapup", 0))) for q in data["queues"]),
+        customers=CustomerSettings(**data["customers"]),
+        http=HttpSettings(
+            host=data["http"]["host"],
+            port=data["http"]["port"],
+            api_tokens=tuple(ApiToken(t["name"], t["token"]) for t in data["http"]["api_tokens"]),
+        ),
         log_level=data["log"]["level"],
         log_format=data["log"]["format"],
         demo_speed=float(data["demo"]["speed"]),
@@ -262,6 +324,15 @@ def _coerce(raw: str, spec: Mapping[str, Any]) -> Any:
             return float(raw)
         except ValueError:
             raise ValueError(f"{raw!r} is not a number") from None
+    if kind == "array" and spec.get("items", {}).get("required") == ["name", "token"]:
+        # CALLBRIDGE_HTTP_API_TOKENS="shop:<token>,erp:<token>"
+        tokens = []
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            name, sep, token = item.partition(":")
+            if not sep:
+                raise ValueError("expected name:token pairs separated by commas")
+            tokens.append({"name": name, "token": token})
+        return tokens
     if kind == "boolean":
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

@@ -76,3 +76,17 @@ def test_cli_config_check_reports_the_problem_and_exits_2(
     assert main(["-c", str(ROOT / "config" / "callbridge.yaml"), "config", "check"]) == 0
     out = capsys.readouterr().out
     assert "settings OK" in out and '"secret": "********"' in out
+
+
+def test_api_tokens_from_the_environment_are_validated_and_never_printed() -> None:
+    env = {"CALLBRIDGE_HTTP_API_TOKENS": "shop:0123456789abcdef0123,erp:fedcba9876543210fedc"}
+    settings = load_settings(ROOT / "config" / "callbridge.yaml", environ=env)
+    assert [(t.name, t.token) for t in settings.http.api_tokens] == [
+        ("shop", "0123456789abcdef0123"),
+        ("erp", "fedcba9876543210fedc"),
+    ]
+    assert "0123456789abcdef" not in repr(settings)
+    with pytest.raises(SettingsError, match=r"http.api_tokens.0.token \(env CALLBRIDGE_HTTP_API_TOKENS\)"):
+        load_settings(
+            ROOT / "config" / "callbridge.yaml", environ={"CALLBRIDGE_HTTP_API_TOKENS": "shop:short"}
+        )
