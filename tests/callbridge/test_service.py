@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from callbridge.bus import Lagged, Subscription
 from callbridge.cli import main
 from callbridge.fakepbx import FakePBX
 from callbridge.service import Service
 from callbridge.settings import Settings, load_settings
 from cti.asterisk import PBXDisconnected, PBXResynced
 from cti.model import GONE_AFTER_RESYNC, CallChanged, CallState
+from tests.support import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-never-logged"
@@ -30,17 +29,6 @@ def settings_for(pbx: FakePBX, **ami: Any) -> Settings:
         backoff_initial=0.05, backoff_max=0.2, **ami,
     )  # fmt: skip
     return dataclasses.replace(base, ami=config)
-
-
-async def until(sub: Subscription, predicate: Callable[[Any], bool], timeout: float = 10) -> list[Any]:
-    taken: list[Any] = []
-    async with asyncio.timeout(timeout):
-        async for event in sub:
-            assert not isinstance(event, Lagged)
-            taken.append(event)
-            if predicate(event):
-                return taken
-    raise AssertionError("bus closed")
 
 
 def states_of(events: list[Any], call_id: str) -> list[str]:

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from callbridge.bus import Lagged, Subscription
 from callbridge.service import Service
 from callbridge.settings import load_settings
 from cti.asterisk import PBXDisconnected, PBXResynced
 from cti.model import AgentChanged, CallChanged, CallState
+from tests.support import call_in, until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,27 +42,6 @@ async def service(lab: Any) -> AsyncIterator[Service]:
         ready.close()
         yield svc
     lab.wait_idle()
-
-
-async def until(sub: Subscription, predicate: Callable[[Any], bool], timeout: float = 20) -> list[Any]:
-    """Take bus events until one satisfies ``predicate``; return all taken, that one last."""
-    taken: list[Any] = []
-    async with asyncio.timeout(timeout):
-        async for event in sub:
-            assert not isinstance(event, Lagged)
-            taken.append(event)
-            if predicate(event):
-                return taken
-    raise AssertionError("bus closed")
-
-
-def call_in(state: CallState, **facts: object) -> Callable[[Any], bool]:
-    def check(event: Any) -> bool:
-        if not isinstance(event, CallChanged) or event.call.state is not state:
-            return False
-        return all(getattr(event.call, k) == v for k, v in facts.items())
-
-    return check
 
 
 async def originate(
