@@ -1,0 +1,285 @@
+"""Identity normalisation: what makes ``(415) 555-0123``, ``+1 415 555 0123`` and ``14155550123``
+one identity.
+
+Pure functions, no I/O. Rules:
+
+1. Phones become E.164 (``+14155550123``) with ``phonenumbers`` and a default region for national
+   forms. ``00``-prefixed international forms are accepted whatever the region's own international
+   prefix is (``0044 20 7946 0958`` from a US desk). The raw form and any extension are kept beside.
+   A number ``phonenumbers`` does not find *possible* (wrong length for its country) is rejected:
+   ``is_valid_number`` would also reject the fictitious ranges (555-01xx) test and demo data use.
+2. Caller-id placeholders (``anonymous``, ``<unknown>``, ``restricted``, empty) are not numbers:
+   ``is_anonymous()`` says so and lookups answer "nobody" instead of an error.
+3. Emails are compared case-insensitively (stored lower-cased) and must look like ``a@b.c``.
+4. Member ids lose spaces and dashes; external ids and IM handles are scoped by ``system``
+   (lower-cased); IM handles also lose a leading ``@`` and are compared case-insensitively.
+5. The tuple shorthand ``("external:shop", "10042")`` / ``("im:wechat", "alice")`` names the system
+   after the kind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from functools import lru_cache
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezone
+
+from customers.model import Identity, IdentityKind
+from customers.store import InvalidInput
+
+__all__ = [
+    "ANONYMOUS_CALLER_IDS",
+    "PhoneNumber",
+    "is_anonymous",
+    "normalise_email",
+    "normalise_identity",
+    "normalise_member",
+    "normalise_phone",
+    "parse_kind",
+    "phone_time_zones",
+]
+
+ANONYMOUS_CALLER_IDS = frozenset(
+    {
+        "",
+        "anonymous",
+        "<unknown>",
+        "unknown",
+        "restricted",
+        "private",
+        "unavailable",
+        "withheld",
+        "<anonymous>",
+        "asterisk",  # Asterisk's default CallerID number when none is set.
+    }
+)
+
+_E164 = re.compile(r"\+[1-9][0-9]{5,14}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
+_MEMBER_DROP = re.compile(r"[\s\-]+")
+_PUNCT = re.compile(r"[\s().\-/]+")
+_MAX_VALUE = 320  # the longest an email may be; more is not an identifier.
+
+
+class PhoneNumber:
+    """A normalised phone number: ``e164``, the ``extension`` ("" if none) and the ``raw`` input."""
+
+    __slots__ = ("e164", "extension", "raw")
+
+    def __init__(self, e164: str, extension: str, raw: str) -> None:
+        self.e164 = e164
+        self.extension = extension
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"PhoneNumber({self.e164!r}, extension={self.extension!r}, raw={self.raw!r})"
+
+
+def is_anonymous(raw: str | None) -> bool:
+    """True for a caller id that names nobody (withheld, unknown, empty)."""
+    if raw is None:
+        return True
+    return raw.strip().strip('"').lower() in ANONYMOUS_CALLER_IDS
+
+
+@lru_cache(maxsize=512)
+def _fast_path_metadata(code: int) -> tuple[str, re.Pattern[str] | None] | None:
+    """The national prefix and prefix-for-parsing pattern of a country calling code, or None
+    when the code is unknown."""
+    region = phonenumbers.region_code_for_country_code(code)
+    if region == phonenumbers.UNKNOWN_REGION:
+        return None
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+    if metadata is None:
+        return None
+    pattern = metadata.national_prefix_for_parsing
+    return metadata.national_prefix or "", re.compile(pattern) if pattern else None
+
+
+def _fast_e164(text: str) -> str | None:
+    """Canonical E.164 input checked against the country's possible lengths without a full
+    ``phonenumbers.parse`` (~45 us a number, most of an import row's time). Anything the full
+    parse might rewrite (a leading zero, a national prefix to strip, as Mexico's old mobile
+    ``1``) takes the full path, so both paths give the same answer."""
+    if _E164.fullmatch(text) is None:
+        return None
+    digits = text[1:]
+    for size in (1, 2, 3):
+        code = int(digits[:size])
+        if code not in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            continue
+        national = digits[size:]
+        meta = _fast_path_metadata(code)
+        if meta is None or not national or national[0] == "0":
+            return None
+        prefix, for_parsing = meta
+        if (prefix and national.startswith(prefix)) or (for_parsing and for_parsing.match(national)):
+            return None
+        number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+        return text if phonenumbers.is_possible_number(number) else None
+    return None
+
+
+def normalise_phone(raw: str, region: str = "US", *, field: str = "phone") -> PhoneNumber:
+    """``raw`` in any common form to E.164 (raises ``InvalidInput`` naming ``field``)."""
+    if not isinstance(raw, str):
+        raise InvalidInput(field, f"expected a phone number string, got {type(raw).__name__}")
+    text = raw.strip()
+    if is_anonymous(text):
+        raise InvalidInput(field, f"not a phone number (caller id {raw!r} names nobody)")
+    if len(text) > 64:
+        raise InvalidInput(field, "phone number longer than 64 characters")
+    fast = _fast_e164(text)
+    if fast is not None:
+        return PhoneNumber(fast, "", raw)
+    if text[:4].lower() == "tel:":
+        text = text[4:]
+    number = _parse(text, region)
+    if number is None:
+        # "0044 20 ..." dialled from a region whose international prefix is not 00 (US: 011).
+        compact = _PUNCT.sub("", text)
+        if compact.startswith("00") and len(compact) > 4:
+            number = _parse("+" + compact[2:], region)
+    if number is None:
+        raise InvalidInput(field, f"not a phone number: {raw!r} (default region {region})")
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return PhoneNumber(e164, number.extension or "", raw)
+
+
+def _parse(text: str, region: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return number
+
+
+def phone_time_zones(e164: str) -> tuple[str, ...]:
+    """IANA zones the number may ring in (several for a North American toll-free or an area
+    code across a zone line); ``()`` when unknown."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    zones = phone_timezone.time_zones_for_number(number)
+    return tuple(zone for zone in zones if zone != "Etc/Unknown")
+
+
+def normalise_email(raw: str, *, field: str = "email") -> str:
+    text = raw.strip()
+    if text[:7].lower() == "mailto:":
+        text = text[7:]
+    if len(text) > _MAX_VALUE or _EMAIL.fullmatch(text) is None:
+        raise InvalidInput(field, f"not an email address: {raw!r}")
+    return text.lower()
+
+
+def normalise_member(raw: str, *, field: str = "member") -> str:
+    value = _MEMBER_DROP.sub("", raw)
+    if not value:
+        raise InvalidInput(field, "empty member id")
+    if len(value) > _MAX_VALUE:
+        raise InvalidInput(field, "member id longer than 320 characters")
+    return value
+
+
+def parse_kind(kind: IdentityKind | str, *, field: str = "kind") -> tuple[IdentityKind, str]:
+    """An ``IdentityKind`` or its name, optionally ``"external:<system>"`` / ``"im:<network>"``;
+    returns the kind and the system named in it ("" if none)."""
+    if isinstance(kind, IdentityKind):
+        return kind, ""
+    if not isinstance(kind, str):
+        raise InvalidInput(field, f"unknown identity kind {kind!r}")
+    name, _, system = kind.partition(":")
+    try:
+        parsed = IdentityKind(name.strip().lower())
+    except ValueError:
+        known = ", ".join(k.value for k in IdentityKind)
+        raise InvalidInput(field, f"unknown identity kind {kind!r} (one of {known})") from None
+    return parsed, system.strip().lower()
+
+
+def normalise_identity(
+    kind: IdentityKind | str,
+    value: str,
+    *,
+    system: str = "",
+    region: str = "US",
+    field: str = "identity",
+    label: str = "",
+    shared: bool = False,
+    verified: bool = False,
+    source: str = "",
+    created_at: float = 0.0,
+) -> Identity:
+    """One identity in its stored form; ``InvalidInput`` names ``field`` (``identities[2]``)."""
+    parsed, kind_system = parse_kind(kind, field=f"{field}.kind")
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}.value", f"expected a string, got {type(value).__name__}")
+    system = (system or kind_system).strip().lower()
+    extension = ""
+    if parsed is IdentityKind.PHONE:
+        phone = normalise_phone(value, region, field=f"{field}.value")
+        normal, extension, system = phone.e164, phone.extension, ""
+    elif parsed is IdentityKind.EMAIL:
+        normal, system = normalise_email(value, field=f"{field}.value"), ""
+    elif parsed is IdentityKind.MEMBER:
+        normal, system = normalise_member(value, field=f"{field}.value"), ""
+    else:
+        if not system:
+            what = "system" if parsed is IdentityKind.EXTERNAL else "network"
+            raise InvalidInput(f"{field}.system", f"a {parsed.value} identity needs its {what}")
+        normal = value.strip()
+        if parsed is IdentityKind.IM:
+            normal = normal.lstrip("@").casefold()
+        if not normal:
+            raise InvalidInput(f"{field}.value", f"empty {parsed.value} id")
+        if len(normal) > _MAX_VALUE:
+            raise InvalidInput(f"{field}.value", f"{parsed.value} id longer than 320 characters")
+    return Identity(
+        kind=parsed,
+        value=normal,
+        system=system,
+        raw=value,
+        label=label.strip(),
+        extension=extension,
+        shared=shared,
+        verified=verified,
+        source=source,
+        created_at=created_at,
+    )
+
+
+def coerce_identity(
+    item: Identity | tuple[IdentityKind | str, str],
+    *,
+    region: str,
+    field: str,
+    source: str = "",
+    created_at: float = 0.0,
+) -> Identity:
+    """An ``Identity`` (normalised again: its ``value`` may be raw) or a ``(kind, value)`` pair."""
+    if isinstance(item, Identity):
+        raw = item.raw or item.value
+        identity = normalise_identity(
+            item.kind,
+            item.value,
+            system=item.system,
+            region=region,
+            field=field,
+            label=item.label,
+            shared=item.shared,
+            verified=item.verified,
+            source=item.source or source,
+            created_at=item.created_at or created_at,
+        )
+        extension = identity.extension or item.extension
+        return replace(identity, raw=raw, extension=extension)
+    if not isinstance(item, tuple) or len(item) != 2:
+        raise InvalidInput(field, f"expected an Identity or a (kind, value) pair, got {item!r}")
+    kind, value = item
+    return normalise_identity(kind, value, region=region, field=field, source=source, created_at=created_at)

@@ -1,0 +1,1740 @@
+"""``SQLiteStore``: the embedded customer store (aiosqlite, WAL).
+
+How it runs:
+
+1. One aiosqlite connection per store. Every public method is *one* job on the connection's
+   worker thread: a synchronous function that gets the ``sqlite3.Connection`` and runs its
+   statements inside one explicit transaction (``BEGIN IMMEDIATE`` to write, ``BEGIN`` to read
+   several tables at one snapshot). Jobs run one after the other, so two tasks can never interleave
+   statements inside each other's transactions, a failing job rolls back everything it wrote, and
+   a screen-pop costs one thread hop instead of one per statement.
+2. The connection is in autocommit mode (``isolation_level=None``): the only transactions are the
+   ones we open.
+3. ``open()`` refuses a database from a newer schema before writing anything, then sets WAL,
+   ``synchronous=NORMAL``, foreign keys and a busy timeout, then applies pending migrations.
+4. Merged profiles stay as rows with ``merged_into`` pointing at the survivor; every method that
+   takes a customer id follows it (merges re-point older merges, so it is one step).
+5. ``sqlite3`` errors leave as ``CustomerError``s: ``IntegrityError`` as ``Conflict``, others as
+   ``StorageError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import aiosqlite
+
+from customers import consent as policy
+from customers.identities import (
+    coerce_identity,
+    is_anonymous,
+    normalise_identity,
+    normalise_phone,
+    parse_kind,
+    phone_time_zones,
+)
+from customers.migrate import MIGRATIONS_DIR, check_version, load_migrations, migrate
+from customers.model import (
+    BatchResult,
+    CallPermission,
+    Candidate,
+    Channel,
+    Consent,
+    ConsentScope,
+    Customer,
+    CustomerFacts,
+    DoNotCall,
+    Identity,
+    IdentityKind,
+    Interaction,
+    NewCustomer,
+    Note,
+    Profile,
+    Value,
+)
+from customers.store import Conflict, CustomerError, CustomerStore, InvalidInput, NotFound
+
+__all__ = ["IdentityConflict", "SQLiteStore", "StorageError", "StoreClosed"]
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+FIELDS = ("given_name", "family_name", "company", "language", "timezone", "birthday")
+_CUSTOMER_COLUMNS = (
+    "id, display_name, given_name, family_name, company, language, timezone, birthday, attributes, "
+    "created_at, updated_at, merged_into"
+)
+_IDENTITY_COLUMNS = "kind, system, value, raw, label, extension, shared, verified, source, created_at"
+_INTERACTION_COLUMNS = "id, customer_id, channel, at, direction, summary, data, source, external_id"
+_NOTE_COLUMNS = "id, customer_id, at, author, text, pinned"
+_VALUE_COLUMNS = "score, recency_days, frequency, monetary, source, explanation, computed_at"
+_CUSTOMER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_BIRTHDAY = re.compile(r"(\d{4}|-)-(\d{2})-(\d{2})")
+_DIRECTIONS = frozenset({"", "inbound", "outbound", "internal"})
+_CHUNK = 500  # values per IN (...) list: well under SQLite's variable limit
+_PERSONAL_LABELS = frozenset({"mobile", "cell", "cellphone", "home", "personal", "private", "direct"})
+_SHARED_LABELS = frozenset(
+    {"switchboard", "office", "work", "main", "reception", "company", "front desk", "fax"}
+)
+# latest_by_channel: one index seek (interactions_latest) per channel, newest first.
+_LATEST_SQL = " UNION ALL ".join(
+    f"SELECT * FROM (SELECT {_INTERACTION_COLUMNS} FROM interactions "
+    f"WHERE customer_id = ?1 AND channel = '{channel.value}' ORDER BY at DESC, id DESC LIMIT ?2)"
+    for channel in Channel
+)
+
+
+class StorageError(CustomerError):
+    """SQLite failed (disk full, locked past the busy timeout, corrupt file)."""
+
+    code = "storage-error"
+    status = 500
+
+
+class StoreClosed(StorageError):
+    code = "store-closed"
+    status = 503
+
+
+class IdentityConflict(Conflict):
+    """An identity is already on another customer and not marked shared."""
+
+    def __init__(self, field: str, identity: Identity, holders: Sequence[str]) -> None:
+        what = f"{identity.kind.value} {identity.value}"
+        if identity.system:
+            what += f" ({identity.system})"
+        super().__init__(
+            f"{field}: {what} already belongs to customer {', '.join(holders)}; "
+            "mark it shared to give it to several customers, or merge the profiles"
+        )
+        self.field = field
+        self.identity = identity
+        self.holders = tuple(holders)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def _dumps(value: Mapping[str, Any], field: str) -> str:
+    if not isinstance(value, Mapping):
+        raise InvalidInput(field, f"expected an object, got {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(field, f"not JSON-serialisable: {exc}") from None
+
+
+def _loads(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    loaded = json.loads(text)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+@lru_cache(maxsize=1024)
+def _zone_ok(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _check_field(name: str, value: object, where: str = "") -> str:
+    field = f"{where}{name}"
+    if name not in FIELDS and name != "display_name":
+        raise InvalidInput(field, f"unknown field (one of display_name, {', '.join(FIELDS)})")
+    if not isinstance(value, str):
+        raise InvalidInput(field, f"expected a string, got {type(value).__name__}")
+    text = value.strip()
+    if len(text) > 1000:
+        raise InvalidInput(field, "longer than 1000 characters")
+    if name == "display_name" and not text:
+        raise InvalidInput(field, "empty")
+    if name == "timezone" and text and not _zone_ok(text):
+        raise InvalidInput(field, f"unknown IANA time zone {text!r} (e.g. Europe/Berlin)")
+    if name == "birthday" and text:
+        match = _BIRTHDAY.fullmatch(text)
+        ok = match is not None and 1 <= int(match.group(2)) <= 12 and 1 <= int(match.group(3)) <= 31
+        if not ok:
+            raise InvalidInput(field, f"expected YYYY-MM-DD or --MM-DD, got {text!r}")
+    return text
+
+
+def _check_fields(fields: Mapping[str, object], where: str = "") -> dict[str, str]:
+    return {name: _check_field(name, value, where) for name, value in fields.items()}
+
+
+def _channel(channel: Channel | str, field: str = "channel") -> Channel:
+    if isinstance(channel, Channel):
+        return channel
+    try:
+        return Channel(str(channel).strip().lower())
+    except ValueError:
+        known = ", ".join(c.value for c in Channel)
+        raise InvalidInput(field, f"unknown channel {channel!r} (one of {known})") from None
+
+
+def _scope(scope: ConsentScope | str) -> ConsentScope:
+    if isinstance(scope, ConsentScope):
+        return scope
+    try:
+        return ConsentScope(str(scope).strip().lower())
+    except ValueError:
+        raise InvalidInput("scope", f"unknown scope {scope!r} (customer or number)") from None
+
+
+def _check_value(value: Value, field: str = "value") -> Value:
+    if not isinstance(value, Value):
+        raise InvalidInput(field, f"expected a Value, got {type(value).__name__}")
+    if not 0 <= value.score <= 100:
+        raise InvalidInput(f"{field}.score", f"expected 0..100, got {value.score}")
+    return value
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return "just now"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} minutes ago"
+    if seconds < 36 * 3600:
+        return f"{round(seconds / 3600)} hours ago"
+    days = round(seconds / 86400)
+    return f"{days} day ago" if days == 1 else f"{days} days ago"
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[None]:
+    """One transaction: committed when the block ends, rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+# --- row conversions ----------------------------------------------------------------------------
+
+
+def _identity(row: Sequence[Any]) -> Identity:
+    return Identity(
+        kind=IdentityKind(row[0]),
+        system=row[1],
+        value=row[2],
+        raw=row[3],
+        label=row[4],
+        extension=row[5],
+        shared=bool(row[6]),
+        verified=bool(row[7]),
+        source=row[8],
+        created_at=row[9],
+    )
+
+
+def _customer(row: Sequence[Any], identities: Sequence[Identity] = ()) -> Customer:
+    return Customer(
+        id=row[0],
+        display_name=row[1],
+        given_name=row[2],
+        family_name=row[3],
+        company=row[4],
+        language=row[5],
+        timezone=row[6],
+        birthday=row[7],
+        attributes=_loads(row[8]),
+        identities=tuple(identities),
+        created_at=row[9],
+        updated_at=row[10],
+        merged_into=row[11],
+    )
+
+
+def _interaction(row: Sequence[Any]) -> Interaction:
+    return Interaction(
+        id=row[0],
+        customer_id=row[1],
+        channel=Channel(row[2]),
+        at=row[3],
+        direction=row[4],
+        summary=row[5],
+        data=_loads(row[6]),
+        source=row[7],
+        external_id=row[8],
+    )
+
+
+def _note(row: Sequence[Any]) -> Note:
+    return Note(id=row[0], customer_id=row[1], at=row[2], author=row[3], text=row[4], pinned=bool(row[5]))
+
+
+def _value(row: Sequence[Any]) -> Value:
+    return Value(
+        score=row[0],
+        recency_days=row[1],
+        frequency=row[2],
+        monetary=row[3],
+        source=row[4],
+        explanation=row[5],
+        computed_at=row[6],
+    )
+
+
+def _dnc(row: Sequence[Any]) -> DoNotCall:
+    return DoNotCall(
+        scope=ConsentScope(row[0]), target=row[1], source=row[2], at=row[3], until=row[4], reason=row[5]
+    )
+
+
+@dataclass(slots=True)
+class _Row:
+    """One ``create_customers`` row after validation."""
+
+    index: int
+    display_name: str
+    fields: dict[str, str]
+    attributes: str
+    identities: list[Identity]
+    key: str | None
+    source: str
+    value: float | None
+    customer_id: str = ""
+    existing: bool = False
+
+
+class SQLiteStore(CustomerStore):
+    """The customer store on one SQLite file (or ``":memory:"``).
+
+    ``default_region`` reads national phone forms (``"US"``: ``(415) 555-0123``); ``clock`` gives
+    the time stamps (tests pass a fixed one); ``migrations_dir`` is for tests of the runner.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        default_region: str = "US",
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+        migrations_dir: Path | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.default_region = default_region.upper()
+        self.clock = clock
+        self.busy_timeout = busy_timeout
+        self.migrations_dir = migrations_dir or MIGRATIONS_DIR
+        self._db: aiosqlite.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, default_region={self.default_region!r})"
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+        self._db = db
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._db = None
+            await db.close()
+            raise
+
+    def _open(self, conn: sqlite3.Connection) -> None:
+        migrations = load_migrations(self.migrations_dir)
+        # Before any write, journal mode included: a newer schema is not ours to touch.
+        check_version(conn, migrations, self.path)
+        if self.path != ":memory:" and not self.path.startswith("file::memory:"):
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000):d}")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: the hot index pages of a 1M store
+        migrate(conn, self.migrations_dir, where=self.path)
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            await db.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            log.debug("PRAGMA optimize failed on close", exc_info=True)
+        await db.close()
+
+    async def _run(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``fn(conn, ...)`` as one job on the connection's thread (see rule 1)."""
+        db = self._db
+        if db is None:
+            raise StoreClosed(f"customer store {self.path} is not open")
+        try:
+            # aiosqlite's own primitive (its execute/commit are built on it): runs a callable on the
+            # connection's worker thread, in order with everything else on this connection.
+            result = await db._execute(fn, db._conn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(f"{self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        return cast(T, result)
+
+    # --- id resolution ---------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        # Time-ordered (ms) then random: new rows land at the right edge of the id index.
+        return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+
+    @staticmethod
+    def _resolve(conn: sqlite3.Connection, customer_id: str) -> str:
+        """The live customer for ``customer_id`` (following a merge); ``NotFound`` if none."""
+        if not isinstance(customer_id, str):
+            raise NotFound(f"customer {customer_id!r} not found")
+        row = conn.execute("SELECT merged_into FROM customers WHERE id = ?", (customer_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"customer {customer_id} not found")
+        return customer_id if row[0] is None else str(row[0])
+
+    @staticmethod
+    def _identities_of(conn: sqlite3.Connection, customer_ids: Sequence[str]) -> dict[str, list[Identity]]:
+        found: dict[str, list[Identity]] = {cid: [] for cid in customer_ids}
+        for chunk in _chunks(list(customer_ids)):
+            rows = conn.execute(
+                f"SELECT customer_id, {_IDENTITY_COLUMNS} FROM identities "
+                f"WHERE customer_id IN ({_marks(len(chunk))}) ORDER BY created_at, kind, value",
+                tuple(chunk),
+            ).fetchall()
+            for row in rows:
+                found[row[0]].append(_identity(row[1:]))
+        return found
+
+    def _load_customers(self, conn: sqlite3.Connection, customer_ids: Sequence[str]) -> dict[str, Customer]:
+        rows: list[Any] = []
+        for chunk in _chunks(list(customer_ids)):
+            rows += conn.execute(
+                f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id IN ({_marks(len(chunk))})", tuple(chunk)
+            ).fetchall()
+        identities = self._identities_of(conn, [row[0] for row in rows])
+        return {row[0]: _customer(row, identities[row[0]]) for row in rows}
+
+    def _load_customer(self, conn: sqlite3.Connection, customer_id: str) -> Customer:
+        row = conn.execute(
+            f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = ?", (customer_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"customer {customer_id} not found")
+        return _customer(row, self._identities_of(conn, [customer_id])[customer_id])
+
+    # --- profiles and identities ----------------------------------------------------------------
+
+    async def create_customer(
+        self,
+        display_name: str,
+        *,
+        identities: Iterable[Identity | tuple[IdentityKind | str, str]] = (),
+        attributes: Mapping[str, Any] | None = None,
+        customer_id: str | None = None,
+        source: str = "",
+        **fields: str,
+    ) -> Customer:
+        now = self.clock()
+        name = _check_field("display_name", display_name)
+        checked = _check_fields(fields)
+        attrs = _dumps(attributes or {}, "attributes")
+        if customer_id is not None and (
+            not isinstance(customer_id, str) or _CUSTOMER_ID.fullmatch(customer_id) is None
+        ):
+            raise InvalidInput("customer_id", "1-128 letters, digits and . _ : @ - (starting alphanumeric)")
+        items = self._coerce_all(identities, source=source, now=now)
+        cid = customer_id or self._new_id()
+        return await self._run(
+            self._create_customer,
+            cid=cid,
+            name=name,
+            fields=checked,
+            attrs=attrs,
+            items=items,
+            source=source,
+            now=now,
+        )
+
+    def _coerce_all(
+        self, identities: Iterable[Identity | tuple[IdentityKind | str, str]], *, source: str, now: float
+    ) -> list[tuple[str, Identity]]:
+        """Normalised identities with their field names, without repeats."""
+        seen: set[tuple[str, str, str]] = set()
+        items: list[tuple[str, Identity]] = []
+        for index, item in enumerate(identities):
+            field = f"identities[{index}]"
+            identity = coerce_identity(
+                item, region=self.default_region, field=field, source=source, created_at=now
+            )
+            key = (identity.kind.value, identity.system, identity.value)
+            if key not in seen:
+                seen.add(key)
+                items.append((field, identity))
+        return items
+
+    def _create_customer(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        cid: str,
+        name: str,
+        fields: dict[str, str],
+        attrs: str,
+        items: list[tuple[str, Identity]],
+        source: str,
+        now: float,
+    ) -> Customer:
+        with _transaction(conn):
+            if conn.execute("SELECT 1 FROM customers WHERE id = ?", (cid,)).fetchone():
+                raise Conflict(f"customer_id: customer {cid} already exists")
+            conn.execute(
+                "INSERT INTO customers (id, display_name, given_name, family_name, company, language, "
+                "timezone, birthday, attributes, source, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cid, name, *(fields.get(f, "") for f in FIELDS), attrs, source, now, now),
+            )
+            for field, identity in items:
+                self._put_identity(conn, cid, identity, field)
+            return self._load_customer(conn, cid)
+
+    def _put_identity(self, conn: sqlite3.Connection, cid: str, identity: Identity, field: str) -> Identity:
+        """Give ``identity`` to ``cid`` (in the caller's transaction). Another holder is a
+        ``Conflict`` unless this one or every other holder says shared; then all are shared."""
+        key = (identity.kind.value, identity.system, identity.value)
+        holders = conn.execute(
+            "SELECT customer_id, shared FROM identities WHERE kind = ? AND system = ? AND value = ?", key
+        ).fetchall()
+        others = [row for row in holders if row[0] != cid]
+        shared = identity.shared
+        if others:
+            if not identity.shared and not all(row[1] for row in others):
+                raise IdentityConflict(field, identity, [row[0] for row in others])
+            shared = True
+            conn.execute(
+                "UPDATE identities SET shared = 1 WHERE kind = ? AND system = ? AND value = ? AND shared = 0",
+                key,
+            )
+        row = conn.execute(
+            "INSERT INTO identities (kind, system, value, customer_id, raw, label, extension, shared, "
+            "verified, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (kind, system, value, customer_id) DO UPDATE SET "
+            "label = CASE WHEN excluded.label <> '' THEN excluded.label ELSE label END, "
+            "extension = CASE WHEN excluded.extension <> '' THEN excluded.extension ELSE extension END, "
+            "shared = max(shared, excluded.shared), verified = max(verified, excluded.verified) "
+            f"RETURNING {_IDENTITY_COLUMNS}",
+            (
+                *key,
+                cid,
+                identity.raw,
+                identity.label,
+                identity.extension,
+                int(shared),
+                int(identity.verified),
+                identity.source,
+                identity.created_at,
+            ),
+        ).fetchone()
+        return _identity(row)
+
+    async def get_customer(self, customer_id: str) -> Customer:
+        return await self._run(self._get_customer, customer_id)
+
+    def _get_customer(self, conn: sqlite3.Connection, customer_id: str) -> Customer:
+        with _transaction(conn, write=False):
+            return self._load_customer(conn, self._resolve(conn, customer_id))
+
+    async def update_customer(
+        self, customer_id: str, *, attributes: Mapping[str, Any] | None = None, **fields: str
+    ) -> Customer:
+        """Set the given fields; ``attributes`` is a patch (keys set, a ``None`` value deletes)."""
+        checked = _check_fields(fields)
+        patch = _dumps(attributes, "attributes") if attributes is not None else None
+        return await self._run(self._update_customer, customer_id, checked, patch, self.clock())
+
+    def _update_customer(
+        self,
+        conn: sqlite3.Connection,
+        customer_id: str,
+        fields: dict[str, str],
+        patch: str | None,
+        now: float,
+    ) -> Customer:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            sets = [f"{name} = ?" for name in fields]  # names checked against FIELDS
+            params: list[Any] = list(fields.values())
+            if patch is not None:
+                sets.append("attributes = json_patch(attributes, ?)")
+                params.append(patch)
+            sets.append("updated_at = ?")
+            params += [now, cid]
+            conn.execute(f"UPDATE customers SET {', '.join(sets)} WHERE id = ?", params)
+            return self._load_customer(conn, cid)
+
+    async def add_identity(
+        self,
+        customer_id: str,
+        kind: IdentityKind | str,
+        value: str,
+        *,
+        system: str = "",
+        label: str = "",
+        shared: bool = False,
+        source: str = "",
+    ) -> Identity:
+        now = self.clock()
+        identity = normalise_identity(
+            kind,
+            value,
+            system=system,
+            region=self.default_region,
+            field="identity",
+            label=label,
+            shared=shared,
+            source=source,
+            created_at=now,
+        )
+        return await self._run(self._add_identity, customer_id, identity, now)
+
+    def _add_identity(
+        self, conn: sqlite3.Connection, customer_id: str, identity: Identity, now: float
+    ) -> Identity:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            stored = self._put_identity(conn, cid, identity, "identity")
+            conn.execute("UPDATE customers SET updated_at = ? WHERE id = ?", (now, cid))
+            return stored
+
+    async def remove_identity(
+        self, customer_id: str, kind: IdentityKind | str, value: str, system: str = ""
+    ) -> None:
+        identity = normalise_identity(kind, value, system=system, region=self.default_region)
+        await self._run(self._remove_identity, customer_id, identity, self.clock())
+
+    def _remove_identity(
+        self, conn: sqlite3.Connection, customer_id: str, identity: Identity, now: float
+    ) -> None:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            gone = conn.execute(
+                "DELETE FROM identities WHERE kind = ? AND system = ? AND value = ? AND customer_id = ?",
+                (identity.kind.value, identity.system, identity.value, cid),
+            ).rowcount
+            if not gone:
+                raise NotFound(f"customer {cid} has no {identity.kind.value} {identity.value}")
+            conn.execute("UPDATE customers SET updated_at = ? WHERE id = ?", (now, cid))
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    async def lookup(self, kind: IdentityKind | str, value: str, *, system: str = "") -> list[Candidate]:
+        parsed, kind_system = parse_kind(kind)
+        system = (system or kind_system).strip().lower()
+        if parsed is IdentityKind.PHONE:
+            return await self.lookup_phone(value)
+        if parsed is IdentityKind.EXTERNAL and system == "key":
+            # NewCustomer.key lives in its own column; it answers as an external id of system "key".
+            key = value.strip() if isinstance(value, str) else ""
+            return await self._run(self._lookup_key, key, self.clock())
+        identity = normalise_identity(parsed, value, system=system, region=self.default_region, field="value")
+        return await self._run(self._lookup, identity, "", self.clock())
+
+    async def lookup_phone(self, raw: str, *, region: str | None = None) -> list[Candidate]:
+        if is_anonymous(raw):
+            return []
+        phone = normalise_phone(raw, (region or self.default_region).upper(), field="number")
+        identity = Identity(kind=IdentityKind.PHONE, value=phone.e164, raw=raw, extension=phone.extension)
+        return await self._run(self._lookup, identity, phone.extension, self.clock())
+
+    def _lookup_key(self, conn: sqlite3.Connection, key: str, now: float) -> list[Candidate]:
+        with _transaction(conn, write=False):
+            row = conn.execute(
+                "SELECT coalesce(merged_into, id) FROM customers WHERE import_key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                return []
+            customer = self._load_customer(conn, row[0])
+            return [Candidate(customer=customer, score=100.0, reasons=(f"import key {key}",))]
+
+    def _lookup(
+        self, conn: sqlite3.Connection, identity: Identity, extension: str, now: float
+    ) -> list[Candidate]:
+        with _transaction(conn, write=False):
+            rows = conn.execute(
+                "SELECT i.customer_id, i.shared, i.label, i.verified, i.extension, c.created_at, "
+                "(SELECT at FROM interactions WHERE customer_id = i.customer_id "
+                " ORDER BY at DESC, id DESC LIMIT 1), "
+                "(SELECT channel FROM interactions WHERE customer_id = i.customer_id "
+                " ORDER BY at DESC, id DESC LIMIT 1) "
+                "FROM identities AS i JOIN customers AS c ON c.id = i.customer_id "
+                "WHERE i.kind = ? AND i.system = ? AND i.value = ? AND c.merged_into IS NULL",
+                (identity.kind.value, identity.system, identity.value),
+            ).fetchall()
+            if not rows:
+                return []
+            customers = self._load_customers(conn, [row[0] for row in rows])
+        what = "number" if identity.kind is IdentityKind.PHONE else identity.kind.value
+        exact = f"exact {identity.kind.value} {identity.value}"
+        if identity.system:
+            exact += f" ({identity.system})"
+        ranked: list[tuple[float, float, float, str, Candidate]] = []
+        for cid, shared, label, verified, own_extension, created_at, last_at, last_channel in rows:
+            score = 100.0
+            reasons = [exact]
+            if len(rows) > 1:
+                if shared:
+                    score -= 30
+                    reasons.append(f"shared {what} ({len(rows)} customers)")
+                else:
+                    score -= 10
+                    reasons.append(f"{what} also on {len(rows) - 1} other profile(s): possible duplicate")
+            elif shared:
+                score -= 30
+                reasons.append(f"shared {what}")
+            lowered = label.lower()
+            if lowered in _PERSONAL_LABELS:
+                score += 5
+                reasons.append(f"labelled {label}")
+            elif lowered in _SHARED_LABELS:
+                score -= 5
+                reasons.append(f"labelled {label}")
+            elif label:
+                reasons.append(f"labelled {label}")
+            if verified:
+                score += 2
+                reasons.append("verified")
+            if extension and own_extension == extension:
+                score += 3
+                reasons.append(f"extension {extension} matches")
+            if last_at is not None:
+                # Recency breaks ties within the rules above, never overrides them: (0, 1].
+                score += 1 / (1 + max(0.0, now - last_at) / 86400)
+                reasons.append(f"last {last_channel} {_ago(now - last_at)}")
+            else:
+                reasons.append("no interaction yet")
+            candidate = Candidate(customer=customers[cid], score=round(score, 4), reasons=tuple(reasons))
+            ranked.append((-score, -(last_at or 0.0), created_at, cid, candidate))
+        ranked.sort(key=lambda item: item[:4])
+        return [item[4] for item in ranked]
+
+    async def search(self, query: str, *, limit: int = 20) -> list[Customer]:
+        text = query.strip() if isinstance(query, str) else ""
+        if not text or limit <= 0:
+            return []
+        phone: str | None = None
+        digits = re.sub(r"[\s().\-/+]", "", text)
+        if digits.isdigit() and len(digits) >= 6:
+            try:
+                phone = normalise_phone(text, self.default_region).e164
+            except InvalidInput:
+                phone = None
+        return await self._run(self._search, text, phone, digits if digits.isdigit() else "", limit)
+
+    def _search(
+        self, conn: sqlite3.Connection, text: str, phone: str | None, digits: str, limit: int
+    ) -> list[Customer]:
+        found: list[str] = []
+
+        def add(rows: Iterable[Sequence[Any]]) -> None:
+            for row in rows:
+                if row[0] is not None and row[0] not in found:
+                    found.append(row[0])
+
+        live = "SELECT coalesce(c.merged_into, c.id) FROM customers AS c"
+        with _transaction(conn, write=False):
+            if phone:
+                add(
+                    conn.execute(
+                        "SELECT customer_id FROM identities "
+                        "WHERE kind = 'phone' AND system = '' AND value = ?",
+                        (phone,),
+                    )
+                )
+            if digits and len(found) < limit:
+                # A fragment of a number: a scan of the phone identities (the PK's 'phone' range).
+                add(
+                    conn.execute(
+                        "SELECT customer_id FROM identities WHERE kind = 'phone' AND system = '' "
+                        "AND value LIKE ? LIMIT ?",
+                        (f"%{digits}%", limit),
+                    )
+                )
+            lowered = text.lower()
+            if len(found) < limit and not digits:
+                # Email by prefix (an index range), then by any part containing '@' or '.'.
+                add(
+                    conn.execute(
+                        "SELECT customer_id FROM identities WHERE kind = 'email' AND system = '' "
+                        "AND value >= ? AND value < ? LIMIT ?",
+                        (lowered, lowered + "\U0010ffff", limit),
+                    )
+                )
+                if len(found) < limit and ("@" in lowered or "." in lowered):
+                    add(
+                        conn.execute(
+                            "SELECT customer_id FROM identities WHERE kind = 'email' AND system = '' "
+                            "AND value LIKE ? ESCAPE '\\' LIMIT ?",
+                            (f"%{_like_escape(lowered)}%", limit),
+                        )
+                    )
+            if len(found) < limit and not digits:
+                match = _fts_query(text)
+                if match:
+                    add(
+                        conn.execute(
+                            f"{live} JOIN customers_fts AS f ON f.rowid = c.pk "
+                            "WHERE customers_fts MATCH ? ORDER BY f.rank LIMIT ?",
+                            (match, limit * 2),
+                        )
+                    )
+            if not found and not digits:
+                # Scripts without word breaks (CJK names): a plain substring scan as a last resort.
+                pattern = f"%{_like_escape(text)}%"
+                add(
+                    conn.execute(
+                        f"{live} WHERE c.merged_into IS NULL AND (c.display_name LIKE ?1 ESCAPE '\\' "
+                        "OR c.company LIKE ?1 ESCAPE '\\' OR c.family_name LIKE ?1 ESCAPE '\\' "
+                        "OR c.given_name LIKE ?1 ESCAPE '\\') LIMIT ?2",
+                        (pattern, limit),
+                    )
+                )
+            ids = found[:limit]
+            customers = self._load_customers(conn, ids)
+        return [customers[cid] for cid in ids if cid in customers]
+
+    async def merge(self, keep_id: str, merge_id: str, *, actor: str = "") -> Customer:
+        return await self._run(self._merge, keep_id, merge_id, actor, self.clock())
+
+    def _merge(
+        self, conn: sqlite3.Connection, keep_id: str, merge_id: str, actor: str, now: float
+    ) -> Customer:
+        with _transaction(conn):
+            rows = {
+                row[0]: row
+                for row in conn.execute(
+                    f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id IN (?, ?)", (keep_id, merge_id)
+                )
+            }
+            for cid in (keep_id, merge_id):
+                if cid not in rows:
+                    raise NotFound(f"customer {cid} not found")
+            if keep_id == merge_id:
+                raise Conflict(f"cannot merge customer {keep_id} into itself")
+            for cid in (keep_id, merge_id):
+                if rows[cid][11] is not None:
+                    raise Conflict(f"customer {cid} was already merged into {rows[cid][11]}")
+            keep, gone = rows[keep_id], rows[merge_id]
+            moved: dict[str, int] = {}
+            args = (keep_id, merge_id)
+            moved["identities"] = conn.execute(
+                "UPDATE OR IGNORE identities SET customer_id = ? WHERE customer_id = ?", args
+            ).rowcount
+            # What is left were identities both held: keep's copy stays.
+            conn.execute("DELETE FROM identities WHERE customer_id = ?", (merge_id,))
+            moved["interactions"] = conn.execute(
+                "UPDATE interactions SET customer_id = ? WHERE customer_id = ?", args
+            ).rowcount
+            moved["notes"] = conn.execute(
+                "UPDATE notes SET customer_id = ? WHERE customer_id = ?", args
+            ).rowcount
+            # Consent: a "no" from either profile wins; keep's quiet hours, else merge's.
+            conn.execute(
+                "INSERT INTO channel_permissions (customer_id, channel, allowed, updated_at) "
+                "SELECT ?, channel, allowed, updated_at FROM channel_permissions WHERE customer_id = ? "
+                "ON CONFLICT (customer_id, channel) DO UPDATE SET "
+                "allowed = min(allowed, excluded.allowed), updated_at = max(updated_at, excluded.updated_at)",
+                args,
+            )
+            conn.execute("DELETE FROM channel_permissions WHERE customer_id = ?", (merge_id,))
+            conn.execute(
+                "INSERT OR IGNORE INTO quiet_hours (customer_id, start_time, end_time, updated_at) "
+                "SELECT ?, start_time, end_time, updated_at FROM quiet_hours WHERE customer_id = ?",
+                args,
+            )
+            conn.execute("DELETE FROM quiet_hours WHERE customer_id = ?", (merge_id,))
+            moved["do_not_call"] = conn.execute(
+                "UPDATE OR IGNORE do_not_call SET target = ? WHERE scope = 'customer' AND target = ?", args
+            ).rowcount
+            conn.execute("DELETE FROM do_not_call WHERE scope = 'customer' AND target = ?", (merge_id,))
+            moved["segments"] = conn.execute(
+                "UPDATE OR IGNORE segment_members SET customer_id = ? WHERE customer_id = ?", args
+            ).rowcount
+            conn.execute("DELETE FROM segment_members WHERE customer_id = ?", (merge_id,))
+            conn.execute(
+                "INSERT OR IGNORE INTO customer_values (customer_id, score, recency_days, frequency, "
+                "monetary, source, explanation, computed_at) SELECT ?, score, recency_days, frequency, "
+                "monetary, source, explanation, computed_at FROM customer_values WHERE customer_id = ?",
+                args,
+            )
+            conn.execute("DELETE FROM customer_values WHERE customer_id = ?", (merge_id,))
+            # Profile fields: keep's, with merge's filling the blanks; attributes likewise.
+            fill = {name: gone[2 + i] for i, name in enumerate(FIELDS) if not keep[2 + i] and gone[2 + i]}
+            attributes = {**_loads(gone[8]), **_loads(keep[8])}
+            sets = "".join(f"{name} = ?, " for name in fill)
+            conn.execute(
+                f"UPDATE customers SET {sets}attributes = ?, updated_at = ? WHERE id = ?",
+                (
+                    *fill.values(),
+                    json.dumps(attributes, separators=(",", ":"), ensure_ascii=False),
+                    now,
+                    keep_id,
+                ),
+            )
+            conn.execute(
+                "UPDATE customers SET merged_into = ?, updated_at = ? WHERE id = ? OR merged_into = ?",
+                (keep_id, now, merge_id, merge_id),
+            )
+            conn.execute(
+                "INSERT INTO merges (keep_id, merge_id, at, actor, moved) VALUES (?, ?, ?, ?, ?)",
+                (keep_id, merge_id, now, actor, json.dumps(moved)),
+            )
+            log.info("customer %s merged into %s by %s: %s", merge_id, keep_id, actor or "-", moved)
+            return self._load_customer(conn, keep_id)
+
+    async def duplicate_identities(self, *, limit: int = 1000) -> list[tuple[Identity, tuple[str, ...]]]:
+        return await self._run(self._duplicate_identities, limit)
+
+    def _duplicate_identities(
+        self, conn: sqlite3.Connection, limit: int
+    ) -> list[tuple[Identity, tuple[str, ...]]]:
+        rows = conn.execute(
+            "SELECT kind, system, value, group_concat(customer_id, ' ') FROM identities "
+            "GROUP BY kind, system, value HAVING count(*) > 1 AND min(shared) = 0 "
+            "ORDER BY kind, system, value LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            (Identity(kind=IdentityKind(kind), value=value, system=system), tuple(sorted(holders.split(" "))))
+            for kind, system, value, holders in rows
+        ]
+
+    # --- batches ---------------------------------------------------------------------------------
+
+    async def create_customers(self, batch: Sequence[NewCustomer]) -> BatchResult:
+        now = self.clock()
+        rows: list[_Row] = []
+        rejected: list[tuple[int, str]] = []
+        for index, item in enumerate(batch):
+            try:
+                rows.append(self._check_row(index, item, now))
+            except CustomerError as exc:
+                rejected.append((index, str(exc)))
+        if not rows:
+            return BatchResult(rejected=tuple(rejected))
+        result = await self._run(self._create_customers, rows, now)
+        return BatchResult(
+            created=result.created,
+            updated=result.updated,
+            rejected=tuple(sorted(rejected + list(result.rejected))),
+            duplicates=result.duplicates,
+        )
+
+    def _check_row(self, index: int, item: NewCustomer, now: float) -> _Row:
+        if not isinstance(item, NewCustomer):
+            raise InvalidInput("row", f"expected a NewCustomer, got {type(item).__name__}")
+        fields = _check_fields(item.fields)
+        name = item.display_name.strip() if isinstance(item.display_name, str) else ""
+        if not name:
+            # A row from a CRM export may have only the parts of the name.
+            name = " ".join(p for p in (fields.get("given_name"), fields.get("family_name")) if p)
+        name = _check_field("display_name", name)
+        value = item.value
+        if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 100):
+            raise InvalidInput("value", f"expected a score 0..100, got {value!r}")
+        key = item.key.strip() if isinstance(item.key, str) and item.key.strip() else None
+        identities = [
+            identity for _, identity in self._coerce_all(item.identities, source=item.source, now=now)
+        ]
+        return _Row(
+            index=index,
+            display_name=name,
+            fields=fields,
+            attributes=_dumps(item.attributes, "attributes"),
+            identities=identities,
+            key=key,
+            source=item.source,
+            value=float(value) if value is not None else None,
+        )
+
+    def _create_customers(self, conn: sqlite3.Connection, rows: list[_Row], now: float) -> BatchResult:
+        created: list[str] = []
+        updated: list[str] = []
+        duplicates: list[tuple[int, Identity, tuple[str, ...]]] = []
+        with _transaction(conn):
+            # Keys already stored (a re-run) or repeated within the batch update one profile.
+            keys = [row.key for row in rows if row.key]
+            known: dict[str, str] = {}
+            for chunk in _chunks(keys):
+                for key, cid in conn.execute(
+                    "SELECT import_key, coalesce(merged_into, id) FROM customers "
+                    f"WHERE import_key IN ({_marks(len(chunk))})",
+                    tuple(chunk),
+                ):
+                    known[key] = cid
+            for row in rows:
+                if row.key and row.key in known:
+                    row.customer_id, row.existing = known[row.key], True
+                else:
+                    row.customer_id = self._new_id()
+                    if row.key:
+                        known[row.key] = row.customer_id
+            # Other holders of the batch's identities, stored or earlier in this batch.
+            holders = self._holders(conn, [i for row in rows for i in row.identities])
+            new_customers: list[tuple[Any, ...]] = []
+            pending: set[str] = set()
+            new_identities: list[tuple[Any, ...]] = []
+            values: list[tuple[Any, ...]] = []
+            for row in rows:
+                cid = row.customer_id
+                if row.existing:
+                    if cid in pending:
+                        # The key came earlier in this batch: that row must be stored first.
+                        self._insert_customers(conn, new_customers)
+                        pending.clear()
+                    elif cid not in updated:
+                        updated.append(cid)
+                    given = {name: text for name, text in row.fields.items() if text}
+                    sets = "".join(f"{name} = ?, " for name in given)
+                    conn.execute(
+                        f"UPDATE customers SET display_name = ?, {sets}"
+                        "attributes = json_patch(attributes, ?), updated_at = ? WHERE id = ?",
+                        (row.display_name, *given.values(), row.attributes, now, cid),
+                    )
+                else:
+                    created.append(cid)
+                    pending.add(cid)
+                    new_customers.append(
+                        (
+                            cid,
+                            row.display_name,
+                            *(row.fields.get(f, "") for f in FIELDS),
+                            row.attributes,
+                            row.source,
+                            row.key,
+                            now,
+                            now,
+                        )
+                    )
+                for identity in row.identities:
+                    key = (identity.kind.value, identity.system, identity.value)
+                    owners = holders.setdefault(key, [])
+                    others = tuple(owner for owner in owners if owner != cid)
+                    if others and not identity.shared:
+                        duplicates.append((row.index, identity, others))
+                    if cid not in owners:
+                        owners.append(cid)
+                    new_identities.append(
+                        (
+                            *key,
+                            cid,
+                            identity.raw,
+                            identity.label,
+                            identity.extension,
+                            int(identity.shared),
+                            int(identity.verified),
+                            identity.source,
+                            identity.created_at,
+                        )
+                    )
+                if row.value is not None:
+                    source = (
+                        row.source if row.source.startswith("import") else f"import:{row.source or 'batch'}"
+                    )
+                    values.append(
+                        (cid, row.value, None, 0, 0.0, source, f"imported score {row.value:g}", now)
+                    )
+            # Customers before their identities and values (foreign keys).
+            self._insert_customers(conn, new_customers)
+            conn.executemany(
+                "INSERT INTO identities (kind, system, value, customer_id, raw, label, extension, shared, "
+                "verified, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, system, value, customer_id) DO UPDATE SET "
+                "label = CASE WHEN excluded.label <> '' THEN excluded.label ELSE label END, "
+                "shared = max(shared, excluded.shared)",
+                new_identities,
+            )
+            conn.executemany(
+                "INSERT INTO customer_values (customer_id, score, recency_days, frequency, monetary, source, "
+                "explanation, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (customer_id) DO UPDATE SET score = excluded.score, source = excluded.source, "
+                "explanation = excluded.explanation, computed_at = excluded.computed_at",
+                values,
+            )
+        return BatchResult(created=tuple(created), updated=tuple(updated), duplicates=tuple(duplicates))
+
+    @staticmethod
+    def _insert_customers(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            conn.executemany(
+                "INSERT INTO customers (id, display_name, given_name, family_name, company, language, "
+                "timezone, birthday, attributes, source, import_key, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            rows.clear()
+
+    @staticmethod
+    def _holders(
+        conn: sqlite3.Connection, identities: Sequence[Identity]
+    ) -> dict[tuple[str, str, str], list[str]]:
+        """Stored holders of these identities, one IN list per (kind, system)."""
+        by_scope: dict[tuple[str, str], set[str]] = {}
+        for identity in identities:
+            by_scope.setdefault((identity.kind.value, identity.system), set()).add(identity.value)
+        holders: dict[tuple[str, str, str], list[str]] = {}
+        for (kind, system), values in by_scope.items():
+            for chunk in _chunks(sorted(values)):
+                for value, cid in conn.execute(
+                    "SELECT value, customer_id FROM identities WHERE kind = ? AND system = ? "
+                    f"AND value IN ({_marks(len(chunk))})",
+                    (kind, system, *chunk),
+                ):
+                    holders.setdefault((kind, system, value), []).append(cid)
+        return holders
+
+    # --- timeline and notes ---------------------------------------------------------------------
+
+    async def append_interaction(
+        self,
+        customer_id: str,
+        channel: Channel | str,
+        *,
+        at: float | None = None,
+        direction: str = "",
+        summary: str = "",
+        data: Mapping[str, Any] | None = None,
+        source: str = "",
+        external_id: str = "",
+    ) -> Interaction:
+        kind = _channel(channel)
+        if direction not in _DIRECTIONS:
+            raise InvalidInput(
+                "direction", f"expected inbound, outbound, internal or empty, got {direction!r}"
+            )
+        now = self.clock()
+        when = now if at is None else at
+        if not isinstance(when, int | float) or math.isnan(when):
+            raise InvalidInput("at", f"expected epoch seconds, got {at!r}")
+        payload = _dumps(data or {}, "data")
+        if not isinstance(external_id, str) or not isinstance(source, str):
+            raise InvalidInput("external_id", "source and external_id are strings")
+        return await self._run(
+            self._append,
+            customer_id=customer_id,
+            channel=kind.value,
+            at=float(when),
+            direction=direction,
+            summary=summary,
+            data=payload,
+            source=source,
+            external_id=external_id.strip(),
+            now=now,
+        )
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        customer_id: str,
+        channel: str,
+        at: float,
+        direction: str,
+        summary: str,
+        data: str,
+        source: str,
+        external_id: str,
+        now: float,
+    ) -> Interaction:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            if external_id:
+                row = conn.execute(
+                    f"SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE source = ? AND external_id = ?",
+                    (source, external_id),
+                ).fetchone()
+                if row is not None:
+                    stored = _interaction(row)
+                    if stored.customer_id != cid:
+                        raise Conflict(
+                            f"external_id: {source or '-'}:{external_id} is already on the timeline of "
+                            f"customer {stored.customer_id}, not {cid}"
+                        )
+                    return stored
+            row = conn.execute(
+                "INSERT INTO interactions (customer_id, channel, at, direction, summary, data, source, "
+                "external_id, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"RETURNING {_INTERACTION_COLUMNS}",
+                (cid, channel, at, direction, summary, data, source, external_id, now),
+            ).fetchone()
+            return _interaction(row)
+
+    async def timeline(
+        self,
+        customer_id: str,
+        *,
+        channels: Sequence[Channel | str] | None = None,
+        before: float | None = None,
+        limit: int = 50,
+    ) -> list[Interaction]:
+        names = [_channel(c, f"channels[{i}]").value for i, c in enumerate(channels)] if channels else []
+        return await self._run(self._timeline, customer_id, names, before, limit)
+
+    def _timeline(
+        self,
+        conn: sqlite3.Connection,
+        customer_id: str,
+        channels: list[str],
+        before: float | None,
+        limit: int,
+    ) -> list[Interaction]:
+        with _transaction(conn, write=False):
+            cid = self._resolve(conn, customer_id)
+            where = ["customer_id = ?"]
+            params: list[Any] = [cid]
+            if channels:
+                where.append(f"channel IN ({_marks(len(channels))})")
+                params += channels
+            if before is not None:
+                where.append("at < ?")
+                params.append(before)
+            params.append(limit)
+            rows = conn.execute(
+                f"SELECT {_INTERACTION_COLUMNS} FROM interactions WHERE {' AND '.join(where)} "
+                "ORDER BY at DESC, id DESC LIMIT ?",
+                params,
+            ).fetchall()
+        return [_interaction(row) for row in rows]
+
+    async def latest_by_channel(self, customer_id: str, per_channel: int = 3) -> dict[str, list[Interaction]]:
+        return await self._run(self._latest_by_channel, customer_id, per_channel)
+
+    def _latest_by_channel(
+        self, conn: sqlite3.Connection, customer_id: str, per_channel: int
+    ) -> dict[str, list[Interaction]]:
+        with _transaction(conn, write=False):
+            return self._latest(conn, self._resolve(conn, customer_id), per_channel)
+
+    @staticmethod
+    def _latest(conn: sqlite3.Connection, cid: str, per_channel: int) -> dict[str, list[Interaction]]:
+        latest: dict[str, list[Interaction]] = {}
+        for row in conn.execute(_LATEST_SQL, (cid, per_channel)):
+            latest.setdefault(row[2], []).append(_interaction(row))
+        return latest
+
+    async def add_note(self, customer_id: str, author: str, text: str, *, pinned: bool = False) -> Note:
+        if not isinstance(author, str) or not author.strip():
+            raise InvalidInput("author", "empty")
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput("text", "empty")
+        return await self._run(
+            self._add_note,
+            customer_id=customer_id,
+            author=author.strip(),
+            text=text,
+            pinned=pinned,
+            now=self.clock(),
+        )
+
+    def _add_note(
+        self, conn: sqlite3.Connection, *, customer_id: str, author: str, text: str, pinned: bool, now: float
+    ) -> Note:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            row = conn.execute(
+                f"INSERT INTO notes (customer_id, at, author, text, pinned) VALUES (?, ?, ?, ?, ?) "
+                f"RETURNING {_NOTE_COLUMNS}",
+                (cid, now, author, text, int(pinned)),
+            ).fetchone()
+            return _note(row)
+
+    async def notes(self, customer_id: str, *, limit: int = 20) -> list[Note]:
+        """Pinned notes first, then the newest."""
+        return await self._run(self._notes_of, customer_id, limit)
+
+    def _notes_of(self, conn: sqlite3.Connection, customer_id: str, limit: int) -> list[Note]:
+        with _transaction(conn, write=False):
+            return self._notes(conn, self._resolve(conn, customer_id), limit)
+
+    @staticmethod
+    def _notes(conn: sqlite3.Connection, cid: str, limit: int) -> list[Note]:
+        rows = conn.execute(
+            f"SELECT {_NOTE_COLUMNS} FROM notes WHERE customer_id = ? "
+            "ORDER BY pinned DESC, at DESC, id DESC LIMIT ?",
+            (cid, limit),
+        ).fetchall()
+        return [_note(row) for row in rows]
+
+    # --- consent --------------------------------------------------------------------------------
+
+    async def consent(self, customer_id: str) -> Consent:
+        return await self._run(self._consent_of, customer_id, self.clock())
+
+    def _consent_of(self, conn: sqlite3.Connection, customer_id: str, now: float) -> Consent:
+        with _transaction(conn, write=False):
+            return self._consent(conn, self._resolve(conn, customer_id), now)
+
+    @staticmethod
+    def _consent(conn: sqlite3.Connection, cid: str, now: float) -> Consent:
+        """The customer's consent; ``do_not_call`` holds the entries in force at ``now``: the
+        customer's own and those of the numbers the customer holds."""
+        updated = 0.0
+        channels: dict[str, bool] = {}
+        for channel, allowed, at in conn.execute(
+            "SELECT channel, allowed, updated_at FROM channel_permissions WHERE customer_id = ?", (cid,)
+        ):
+            channels[channel] = bool(allowed)
+            updated = max(updated, at)
+        quiet = conn.execute(
+            "SELECT start_time, end_time, updated_at FROM quiet_hours WHERE customer_id = ?", (cid,)
+        ).fetchone()
+        if quiet is not None:
+            updated = max(updated, quiet[2])
+        entries = [
+            _dnc(row)
+            for row in conn.execute(
+                "SELECT scope, target, source, at, until, reason FROM do_not_call "
+                "WHERE scope = 'customer' AND target = ?1 AND (until IS NULL OR until > ?2) "
+                "UNION ALL SELECT d.scope, d.target, d.source, d.at, d.until, d.reason "
+                "FROM identities AS i JOIN do_not_call AS d ON d.scope = 'number' AND d.target = i.value "
+                "WHERE i.customer_id = ?1 AND i.kind = 'phone' AND (d.until IS NULL OR d.until > ?2)",
+                (cid, now),
+            )
+        ]
+        for entry in entries:
+            updated = max(updated, entry.at)
+        return Consent(
+            customer_id=cid,
+            channels=channels,
+            quiet_hours=(quiet[0], quiet[1]) if quiet is not None else None,
+            do_not_call=tuple(sorted(entries, key=lambda e: (e.at, e.scope.value, e.target, e.source))),
+            updated_at=updated,
+        )
+
+    async def set_channel_permission(
+        self, customer_id: str, channel: Channel | str, allowed: bool
+    ) -> Consent:
+        name = _channel(channel).value
+        if not isinstance(allowed, bool):
+            raise InvalidInput("allowed", f"expected true or false, got {allowed!r}")
+        return await self._run(self._set_permission, customer_id, name, allowed, self.clock())
+
+    def _set_permission(
+        self, conn: sqlite3.Connection, customer_id: str, channel: str, allowed: bool, now: float
+    ) -> Consent:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            conn.execute(
+                "INSERT INTO channel_permissions (customer_id, channel, allowed, updated_at) "
+                "VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (customer_id, channel) DO UPDATE SET allowed = excluded.allowed, "
+                "updated_at = excluded.updated_at",
+                (cid, channel, int(allowed), now),
+            )
+            return self._consent(conn, cid, now)
+
+    async def set_quiet_hours(self, customer_id: str, start: str | None, end: str | None) -> Consent:
+        """Local ``start``-``end`` (``"21:00"``, ``"08:00"``: across midnight); both ``None`` clears."""
+        span: tuple[str, str] | None = None
+        if start is None and end is None:
+            span = None
+        elif start is None or end is None:
+            raise InvalidInput("quiet_hours", "give both start and end, or neither to clear them")
+        else:
+            span = policy.validate_span((start, end), "quiet_hours")
+        return await self._run(self._set_quiet_hours, customer_id, span, self.clock())
+
+    def _set_quiet_hours(
+        self, conn: sqlite3.Connection, customer_id: str, span: tuple[str, str] | None, now: float
+    ) -> Consent:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            if span is None:
+                conn.execute("DELETE FROM quiet_hours WHERE customer_id = ?", (cid,))
+            else:
+                conn.execute(
+                    "INSERT INTO quiet_hours (customer_id, start_time, end_time, updated_at) "
+                    "VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (customer_id) DO UPDATE SET start_time = excluded.start_time, "
+                    "end_time = excluded.end_time, updated_at = excluded.updated_at",
+                    (cid, *span, now),
+                )
+            return self._consent(conn, cid, now)
+
+    def _dnc_target(self, scope: ConsentScope, target: str) -> str:
+        if scope is ConsentScope.NUMBER:
+            return normalise_phone(target, self.default_region, field="target").e164
+        if not isinstance(target, str) or not target.strip():
+            raise InvalidInput("target", "empty customer id")
+        return target.strip()
+
+    async def add_do_not_call(
+        self,
+        scope: ConsentScope | str,
+        target: str,
+        *,
+        source: str,
+        reason: str = "",
+        until: float | None = None,
+    ) -> None:
+        """One entry per (scope, target, source); adding it again replaces it."""
+        parsed = _scope(scope)
+        normal = self._dnc_target(parsed, target)
+        if not isinstance(source, str) or not source.strip():
+            raise InvalidInput("source", "say where the do-not-call comes from (customer request, registry)")
+        if until is not None and not isinstance(until, int | float):
+            raise InvalidInput("until", f"expected epoch seconds, got {until!r}")
+        await self._run(
+            self._add_dnc,
+            scope=parsed,
+            target=normal,
+            source=source.strip(),
+            reason=reason,
+            until=until,
+            now=self.clock(),
+        )
+
+    def _add_dnc(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        scope: ConsentScope,
+        target: str,
+        source: str,
+        reason: str,
+        until: float | None,
+        now: float,
+    ) -> None:
+        with _transaction(conn):
+            if scope is ConsentScope.CUSTOMER:
+                target = self._resolve(conn, target)
+            conn.execute(
+                "INSERT INTO do_not_call (scope, target, source, at, until, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (scope, target, source) DO UPDATE SET at = excluded.at, until = excluded.until, "
+                "reason = excluded.reason",
+                (scope.value, target, source, now, until, reason),
+            )
+
+    async def remove_do_not_call(self, scope: ConsentScope | str, target: str) -> None:
+        """Removes every entry (all sources) for the target; ``NotFound`` if there is none."""
+        parsed = _scope(scope)
+        await self._run(self._remove_dnc, parsed, self._dnc_target(parsed, target))
+
+    def _remove_dnc(self, conn: sqlite3.Connection, scope: ConsentScope, target: str) -> None:
+        with _transaction(conn):
+            if scope is ConsentScope.CUSTOMER:
+                target = self._resolve(conn, target)
+            gone = conn.execute(
+                "DELETE FROM do_not_call WHERE scope = ? AND target = ?", (scope.value, target)
+            ).rowcount
+            if not gone:
+                raise NotFound(f"no do-not-call entry for {scope.value} {target}")
+
+    async def may_call(
+        self,
+        number: str,
+        now: float,
+        *,
+        purpose: str = "service",
+        window: tuple[str, str] = ("08:00", "21:00"),
+    ) -> CallPermission:
+        e164 = normalise_phone(number, self.default_region, field="number").e164
+        holders, number_dnc = await self._run(self._call_facts, e164)
+        return policy.decide(
+            e164,
+            now,
+            holders=holders,
+            number_dnc=number_dnc,
+            number_zones=phone_time_zones(e164),
+            purpose=purpose,
+            window=window,
+        )
+
+    def _call_facts(self, conn: sqlite3.Connection, e164: str) -> tuple[list[policy.Holder], list[DoNotCall]]:
+        with _transaction(conn, write=False):
+            number_dnc = [
+                _dnc(row)
+                for row in conn.execute(
+                    "SELECT scope, target, source, at, until, reason FROM do_not_call "
+                    "WHERE scope = 'number' AND target = ?",
+                    (e164,),
+                )
+            ]
+            holders: list[policy.Holder] = []
+            for cid, name, zone in conn.execute(
+                "SELECT c.id, c.display_name, c.timezone FROM identities AS i "
+                "JOIN customers AS c ON c.id = i.customer_id "
+                "WHERE i.kind = 'phone' AND i.system = '' AND i.value = ? AND c.merged_into IS NULL "
+                "ORDER BY c.id",
+                (e164,),
+            ).fetchall():
+                entries = tuple(
+                    _dnc(row)
+                    for row in conn.execute(
+                        "SELECT scope, target, source, at, until, reason FROM do_not_call "
+                        "WHERE scope = 'customer' AND target = ?",
+                        (cid,),
+                    )
+                )
+                permission = conn.execute(
+                    "SELECT allowed FROM channel_permissions WHERE customer_id = ? AND channel = 'call'",
+                    (cid,),
+                ).fetchone()
+                quiet = conn.execute(
+                    "SELECT start_time, end_time FROM quiet_hours WHERE customer_id = ?", (cid,)
+                ).fetchone()
+                holders.append(
+                    policy.Holder(
+                        customer_id=cid,
+                        display_name=name,
+                        timezone=zone,
+                        do_not_call=entries,
+                        call_permission=None if permission is None else bool(permission[0]),
+                        quiet_hours=(quiet[0], quiet[1]) if quiet is not None else None,
+                    )
+                )
+        return holders, number_dnc
+
+    # --- value and segments ---------------------------------------------------------------------
+
+    async def set_value(self, customer_id: str, value: Value) -> None:
+        _check_value(value)
+        await self._run(self._set_value, customer_id, value)
+
+    def _set_value(self, conn: sqlite3.Connection, customer_id: str, value: Value) -> None:
+        with _transaction(conn):
+            cid = self._resolve(conn, customer_id)
+            self._upsert_values(conn, [(cid, value)])
+
+    @staticmethod
+    def _upsert_values(conn: sqlite3.Connection, values: Sequence[tuple[str, Value]]) -> None:
+        conn.executemany(
+            "INSERT INTO customer_values (customer_id, score, recency_days, frequency, monetary, source, "
+            "explanation, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (customer_id) DO UPDATE SET score = excluded.score, "
+            "recency_days = excluded.recency_days, frequency = excluded.frequency, "
+            "monetary = excluded.monetary, source = excluded.source, explanation = excluded.explanation, "
+            "computed_at = excluded.computed_at",
+            [
+                (
+                    cid,
+                    v.score,
+                    v.recency_days,
+                    v.frequency,
+                    v.monetary,
+                    v.source,
+                    v.explanation,
+                    v.computed_at,
+                )
+                for cid, v in values
+            ],
+        )
+
+    async def value(self, customer_id: str) -> Value | None:
+        return await self._run(self._value_of, customer_id)
+
+    def _value_of(self, conn: sqlite3.Connection, customer_id: str) -> Value | None:
+        with _transaction(conn, write=False):
+            return self._value(conn, self._resolve(conn, customer_id))
+
+    @staticmethod
+    def _value(conn: sqlite3.Connection, cid: str) -> Value | None:
+        row = conn.execute(
+            f"SELECT {_VALUE_COLUMNS} FROM customer_values WHERE customer_id = ?", (cid,)
+        ).fetchone()
+        return _value(row) if row is not None else None
+
+    async def iter_facts(self, *, batch: int = 5000) -> AsyncIterator[list[CustomerFacts]]:
+        if batch <= 0:
+            raise InvalidInput("batch", "must be positive")
+        after = ""
+        while True:
+            facts = await self._run(self._facts, after, batch)
+            if not facts:
+                return
+            yield facts
+            after = facts[-1].customer_id
+
+    @staticmethod
+    def _facts(conn: sqlite3.Connection, after: str, batch: int) -> list[CustomerFacts]:
+        with _transaction(conn, write=False):
+            customers = conn.execute(
+                "SELECT id, created_at, birthday, attributes FROM customers "
+                "WHERE id > ? AND merged_into IS NULL ORDER BY id LIMIT ?",
+                (after, batch),
+            ).fetchall()
+            if not customers:
+                return []
+            first, last = customers[0][0], customers[-1][0]
+            # One pass over the batch's id range of interactions_latest; the order rows' data is
+            # read only for the order channel (the CASE short-circuits the table lookup).
+            contacts: dict[str, dict[str, tuple[int, float, float | None]]] = {}
+            for cid, channel, count, last_at, spend in conn.execute(
+                "SELECT customer_id, channel, count(*), max(at), "
+                "sum(CASE WHEN channel = 'order' THEN CAST(json_extract(data, '$.amount') AS REAL) END) "
+                "FROM interactions WHERE customer_id BETWEEN ? AND ? GROUP BY customer_id, channel",
+                (first, last),
+            ):
+                contacts.setdefault(cid, {})[channel] = (count, last_at, spend)
+            imported = dict(
+                conn.execute(
+                    "SELECT customer_id, score FROM customer_values "
+                    "WHERE customer_id BETWEEN ? AND ? AND source LIKE 'import%'",
+                    (first, last),
+                ).fetchall()
+            )
+        facts: list[CustomerFacts] = []
+        for cid, created_at, birthday, attributes in customers:
+            per = contacts.get(cid, {})
+            order = per.get(Channel.ORDER.value)
+            facts.append(
+                CustomerFacts(
+                    customer_id=cid,
+                    created_at=created_at,
+                    birthday=birthday,
+                    attributes=_loads(attributes),
+                    last_contact_at=max((v[1] for v in per.values()), default=None),
+                    contacts_by_channel={channel: v[0] for channel, v in per.items()},
+                    orders=order[0] if order else 0,
+                    spend=float(order[2] or 0.0) if order else 0.0,
+                    last_order_at=order[1] if order else None,
+                    imported_value=imported.get(cid),
+                )
+            )
+        return facts
+
+    async def set_values(self, values: Iterable[tuple[str, Value]]) -> int:
+        items = list(values)
+        for index, (_, value) in enumerate(items):
+            _check_value(value, f"values[{index}]")
+        return await self._run(self._set_values, items)
+
+    def _set_values(self, conn: sqlite3.Connection, items: list[tuple[str, Value]]) -> int:
+        with _transaction(conn):
+            self._check_exist(conn, [cid for cid, _ in items], "values")
+            self._upsert_values(conn, items)
+        return len(items)
+
+    @staticmethod
+    def _check_exist(conn: sqlite3.Connection, customer_ids: Sequence[str], field: str) -> None:
+        """``NotFound`` naming the first unknown id (before any write, not as a foreign-key error)."""
+        wanted = list(dict.fromkeys(customer_ids))
+        for chunk in _chunks(wanted):
+            have = {
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM customers WHERE id IN ({_marks(len(chunk))})", tuple(chunk)
+                )
+            }
+            for cid in chunk:
+                if cid not in have:
+                    raise NotFound(f"{field}: customer {cid!r} not found")
+
+    async def set_segments(self, segment: str, customer_ids: Iterable[str], computed_at: float) -> int:
+        if not isinstance(segment, str) or not segment.strip():
+            raise InvalidInput("segment", "empty segment name")
+        return await self._run(self._set_segments, segment.strip(), list(customer_ids), computed_at)
+
+    def _set_segments(
+        self, conn: sqlite3.Connection, segment: str, customer_ids: list[str], computed_at: float
+    ) -> int:
+        members = list(dict.fromkeys(customer_ids))
+        with _transaction(conn):
+            self._check_exist(conn, members, "customer_ids")
+            conn.execute("DELETE FROM segment_members WHERE segment = ?", (segment,))
+            conn.executemany(
+                "INSERT INTO segment_members (segment, customer_id, computed_at) VALUES (?, ?, ?)",
+                [(segment, cid, computed_at) for cid in members],
+            )
+        return len(members)
+
+    async def segments_of(self, customer_id: str) -> list[str]:
+        return await self._run(self._segments_of, customer_id)
+
+    def _segments_of(self, conn: sqlite3.Connection, customer_id: str) -> list[str]:
+        with _transaction(conn, write=False):
+            return self._segments(conn, self._resolve(conn, customer_id))
+
+    @staticmethod
+    def _segments(conn: sqlite3.Connection, cid: str) -> list[str]:
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT segment FROM segment_members WHERE customer_id = ? ORDER BY segment", (cid,)
+            )
+        ]
+
+    async def segment_members(self, segment: str, *, limit: int | None = None) -> list[str]:
+        return await self._run(self._segment_members, segment, -1 if limit is None else limit)
+
+    @staticmethod
+    def _segment_members(conn: sqlite3.Connection, segment: str, limit: int) -> list[str]:
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT customer_id FROM segment_members WHERE segment = ? ORDER BY customer_id LIMIT ?",
+                (segment, limit),
+            )
+        ]
+
+    # --- the pop ------------------------------------------------------------------------------
+
+    async def profile(self, customer_id: str, *, per_channel: int = 3, notes: int = 5) -> Profile:
+        return await self._run(self._profile, customer_id, per_channel, notes, self.clock())
+
+    def _profile(
+        self, conn: sqlite3.Connection, customer_id: str, per_channel: int, notes: int, now: float
+    ) -> Profile:
+        with _transaction(conn, write=False):
+            cid = self._resolve(conn, customer_id)
+            customer = self._load_customer(conn, cid)
+            latest = self._latest(conn, cid, per_channel)
+            return Profile(
+                customer=customer,
+                latest={channel: tuple(items) for channel, items in latest.items()},
+                notes=tuple(self._notes(conn, cid, notes)),
+                consent=self._consent(conn, cid, now),
+                value=self._value(conn, cid),
+                segments=tuple(self._segments(conn, cid)),
+            )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _fts_query(text: str) -> str:
+    """Every word as a quoted prefix term (``"mül"* "acme"*``): no FTS5 syntax from the user."""
+    words = re.findall(r"\w+", text)
+    return " ".join(f'"{word}"*' for word in words[:8])
