@@ -210,12 +210,11 @@ def _check_value(value: Value, field: str = "value") -> Value:
 def _ago(seconds: float) -> str:
     if seconds < 90:
         return "just now"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} minutes ago"
-    if seconds < 36 * 3600:
-        return f"{round(seconds / 3600)} hours ago"
-    days = round(seconds / 86400)
-    return f"{days} day ago" if days == 1 else f"{days} days ago"
+    for unit, size, until in (("minute", 60, 5400), ("hour", 3600, 36 * 3600), ("day", 86400, None)):
+        if until is None or seconds < until:
+            amount = round(seconds / size)
+            return f"{amount} {unit} ago" if amount == 1 else f"{amount} {unit}s ago"
+    raise AssertionError("unreachable")
 
 
 def _chunks(items: Sequence[T], size: int = _CHUNK) -> Iterator[Sequence[T]]:
@@ -350,6 +349,8 @@ class SQLiteStore(CustomerStore):
         self.busy_timeout = busy_timeout
         self.migrations_dir = migrations_dir or MIGRATIONS_DIR
         self._db: aiosqlite.Connection | None = None
+        self._last_ms = 0
+        self._seq = 0
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, default_region={self.default_region!r})"
@@ -411,8 +412,18 @@ class SQLiteStore(CustomerStore):
     # --- id resolution ---------------------------------------------------------------------------
 
     def _new_id(self) -> str:
-        # Time-ordered (ms) then random: new rows land at the right edge of the id index.
-        return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+        """Time-ordered and increasing within the store: milliseconds, a sequence within the
+        millisecond, then randomness (another process making ids in the same millisecond). New
+        rows land at the right edge of every index keyed by customer id."""
+        ms = time.time_ns() // 1_000_000
+        if ms <= self._last_ms:
+            ms, self._seq = self._last_ms, self._seq + 1
+            if self._seq > 0xFFFF:
+                ms, self._seq = ms + 1, 0
+        else:
+            self._seq = 0
+        self._last_ms = ms
+        return f"{ms:012x}{self._seq:04x}{secrets.token_hex(6)}"
 
     @staticmethod
     def _resolve(conn: sqlite3.Connection, customer_id: str) -> str:
@@ -531,7 +542,9 @@ class SQLiteStore(CustomerStore):
 
     def _put_identity(self, conn: sqlite3.Connection, cid: str, identity: Identity, field: str) -> Identity:
         """Give ``identity`` to ``cid`` (in the caller's transaction). Another holder is a
-        ``Conflict`` unless this one or every other holder says shared; then all are shared."""
+        ``Conflict`` unless this one says shared or every other holder does (then this one is
+        stored shared too). ``shared`` is per holder: a number that is Alice's own mobile (not
+        shared) and on Bob's profile as shared is Alice's first."""
         key = (identity.kind.value, identity.system, identity.value)
         holders = conn.execute(
             "SELECT customer_id, shared FROM identities WHERE kind = ? AND system = ? AND value = ?", key
@@ -542,10 +555,6 @@ class SQLiteStore(CustomerStore):
             if not identity.shared and not all(row[1] for row in others):
                 raise IdentityConflict(field, identity, [row[0] for row in others])
             shared = True
-            conn.execute(
-                "UPDATE identities SET shared = 1 WHERE kind = ? AND system = ? AND value = ? AND shared = 0",
-                key,
-            )
         row = conn.execute(
             "INSERT INTO identities (kind, system, value, customer_id, raw, label, extension, shared, "
             "verified, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -708,20 +717,21 @@ class SQLiteStore(CustomerStore):
         exact = f"exact {identity.kind.value} {identity.value}"
         if identity.system:
             exact += f" ({identity.system})"
+        owners = sum(1 for row in rows if not row[1])  # holders not marked shared
         ranked: list[tuple[float, float, float, str, Candidate]] = []
         for cid, shared, label, verified, own_extension, created_at, last_at, last_channel in rows:
             score = 100.0
             reasons = [exact]
-            if len(rows) > 1:
-                if shared:
-                    score -= 30
-                    reasons.append(f"shared {what} ({len(rows)} customers)")
-                else:
-                    score -= 10
-                    reasons.append(f"{what} also on {len(rows) - 1} other profile(s): possible duplicate")
-            elif shared:
+            if shared:
                 score -= 30
-                reasons.append(f"shared {what}")
+                reasons.append(
+                    f"shared {what} ({len(rows)} customers)" if len(rows) > 1 else f"shared {what}"
+                )
+            elif owners > 1:
+                score -= 10
+                reasons.append(f"{what} also on {len(rows) - 1} other profile(s): possible duplicate")
+            elif len(rows) > 1:
+                reasons.append(f"own {what}, shared by {len(rows) - 1} other profile(s)")
             lowered = label.lower()
             if lowered in _PERSONAL_LABELS:
                 score += 5
@@ -923,6 +933,8 @@ class SQLiteStore(CustomerStore):
             return self._load_customer(conn, keep_id)
 
     async def duplicate_identities(self, *, limit: int = 1000) -> list[tuple[Identity, tuple[str, ...]]]:
+        """Identities that more than one holder has *not* marked shared (a number on two profiles
+        as each one's own: the same person twice, most likely); the holders are all listed."""
         return await self._run(self._duplicate_identities, limit)
 
     def _duplicate_identities(
@@ -930,7 +942,7 @@ class SQLiteStore(CustomerStore):
     ) -> list[tuple[Identity, tuple[str, ...]]]:
         rows = conn.execute(
             "SELECT kind, system, value, group_concat(customer_id, ' ') FROM identities "
-            "GROUP BY kind, system, value HAVING count(*) > 1 AND min(shared) = 0 "
+            "GROUP BY kind, system, value HAVING sum(shared = 0) > 1 "
             "ORDER BY kind, system, value LIMIT ?",
             (limit,),
         ).fetchall()
