@@ -18,6 +18,7 @@ from typing import TextIO
 from callbridge import __version__
 from callbridge.bus import Lagged, Subscription
 from callbridge.console import NOISY_EVENTS, ChangeLines, format_message, stamp
+from callbridge.customers_cli import add_customer_commands
 from callbridge.settings import DEFAULT_PATH, Settings, SettingsError, load_settings
 from cti.ami.client import AMIClient, AMIConfig, AuthenticationFailed, LifecycleEvent
 from cti.ami.message import Message
@@ -111,7 +112,7 @@ async def _demo(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
             file=out,
             flush=True,
         )
-        service = Service(settings)
+        service = Service(settings, web=False)
         subscription = service.bus.subscribe(name="demo-console")
         stop = asyncio.Event()
         async with service:
@@ -291,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate the settings and print them")
     check.set_defaults(func=cmd_config_check)
+    add_customer_commands(sub)
     return parser
 
 

@@ -1,7 +1,9 @@
-"""The service: one object that owns the bus, the call model and the PBX adapter.
+"""The service: one object that owns the bus, the call model, the PBX adapter, the customer store
+and the HTTP server.
 
 ``Service`` is shared by ``callbridge serve``, ``callbridge demo`` and the tests, so what the tests
-start is what production runs.
+start is what production runs. Start order: the store (and its migrations), the HTTP server, the
+PBX link; stop in reverse.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
+
+from aiohttp import web as aiohttp_web
 
 from callbridge.bus import Bus, Lagged, Subscription
 from callbridge.console import format_change
@@ -16,12 +21,15 @@ from callbridge.settings import Settings
 from cti.ami.client import AMIClient
 from cti.asterisk import AsteriskCTI
 from cti.model import AgentConfig, CallModel, QueueConfig
+from customers.sqlite_store import SQLiteStore
+from customers.store import CustomerStore
 
 log = logging.getLogger("callbridge.calls")
 
 
 class Service:
-    def __init__(self, settings: Settings, *, bus: Bus | None = None) -> None:
+    def __init__(self, settings: Settings, *, bus: Bus | None = None, web: bool = True) -> None:
+        """``web=False`` runs the CTI side alone (no customer store, no HTTP server)."""
         self.settings = settings
         self.bus = bus or Bus()
         self.model = CallModel(
@@ -31,14 +39,42 @@ class Service:
         self.client = AMIClient(settings.ami)
         self.cti = AsteriskCTI(self.client, self.model, self.bus.publish, name=settings.pbx_name)
         self._log_task: asyncio.Task[None] | None = None
+        self._web = web
+        self.store: CustomerStore | None = None
+        self._runner: aiohttp_web.AppRunner | None = None
+        self.http_port: int | None = None
 
     async def start(self) -> None:
+        if self._web:
+            await self._start_web()
         subscription = self.bus.subscribe(name="call-log")
         self._log_task = asyncio.create_task(self._log_changes(subscription), name="call-log")
         await self.cti.start()
 
+    async def _start_web(self) -> None:
+        from callbridge.web import make_app
+
+        config = self.settings.customers
+        if config.database != ":memory:":
+            Path(config.database).parent.mkdir(parents=True, exist_ok=True)
+        self.store = SQLiteStore(config.database, default_region=config.default_region)
+        await self.store.open()
+        self._runner = aiohttp_web.AppRunner(make_app(self), access_log=None)
+        await self._runner.setup()
+        http = self.settings.http
+        site = aiohttp_web.TCPSite(self._runner, http.host, http.port)
+        await site.start()
+        self.http_port = int(self._runner.addresses[0][1])
+        log.info("HTTP on http://%s:%s (API under /api/)", http.host, self.http_port)
+
     async def stop(self) -> None:
         await self.cti.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
         task, self._log_task = self._log_task, None
         if task is not None:
             task.cancel()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+
+import aiohttp
 
 from callbridge.fakepbx import FakePBX
 
@@ -24,7 +27,8 @@ async def read_until(stream: asyncio.StreamReader, needle: str, seen: list[str],
                 return
 
 
-async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigterm() -> None:
+async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigterm(tmp_path: Path) -> None:
+    token = "t0ken-of-the-shop-0123456789"
     async with FakePBX(["queue_answered"], speed=10.0, username="cb", secret="from-env-only") as pbx:
         env = os.environ | {
             "PYTHONPATH": str(ROOT),
@@ -32,6 +36,9 @@ async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigte
             "CALLBRIDGE_AMI_USERNAME": "cb",
             "CALLBRIDGE_AMI_SECRET": "from-env-only",
             "CALLBRIDGE_LOG_FORMAT": "json",
+            "CALLBRIDGE_HTTP_PORT": "0",
+            "CALLBRIDGE_HTTP_API_TOKENS": f"shop:{token}",
+            "CALLBRIDGE_CUSTOMERS_DATABASE": str(tmp_path / "data" / "customers.db"),
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -48,7 +55,27 @@ async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigte
         assert proc.stderr is not None
         seen: list[str] = []
         try:
+            await read_until(proc.stderr, "HTTP on http://127.0.0.1:", seen)
+            port = int(seen[-1].split("http://127.0.0.1:")[1].split(" ")[0])
             await read_until(proc.stderr, '"msg": "PBXResynced', seen)
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+                async with http.get("/healthz") as response:
+                    health = await response.json()
+                    assert response.status == 200 and health["pbx"]["connected"] is True
+                auth = {"Authorization": f"Bearer {token}"}
+                body = {
+                    "display_name": "Jane Doe",
+                    "identities": [{"kind": "phone", "value": "(415) 555-0123"}],
+                }
+                async with http.post("/api/customers", json=body, headers=auth) as response:
+                    assert response.status == 201, await response.text()
+                async with http.get(
+                    "/api/customers", params={"phone": "+14155550123"}, headers=auth
+                ) as response:
+                    found = await response.json()
+                    assert response.status == 200, found
+                async with http.get("/api/customers", params={"phone": "+14155550123"}) as response:
+                    assert response.status == 401
             await read_until(proc.stderr, "[ended]", seen)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -61,7 +88,9 @@ async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigte
     assert '"call_id": "1795581569.0"' in ended and '"agent_id": "agent1"' in ended
     assert "cause=16 (Normal Clearing)" in ended
     assert '"msg": "stopping"' in rest
-    assert "from-env-only" not in log
+    assert "from-env-only" not in log and token not in log
+    assert (tmp_path / "data" / "customers.db").exists()
+    assert json.dumps(found).count("Jane Doe") >= 1
 
 
 async def test_serve_refuses_bad_settings_naming_the_key() -> None:

@@ -44,7 +44,7 @@ def states_of(events: list[Any], call_id: str) -> list[str]:
 
 async def test_a_replayed_queue_call_goes_through_the_service_to_the_bus() -> None:
     async with FakePBX(["queue_answered"], speed=None, secret=SECRET) as pbx:
-        service = Service(settings_for(pbx))
+        service = Service(settings_for(pbx), web=False)
         sub = service.bus.subscribe(name="test")
         async with service:
             taken = await until(sub, lambda e: isinstance(e, CallChanged) and e.call.state is CallState.ENDED)
@@ -60,7 +60,7 @@ async def test_a_replayed_queue_call_goes_through_the_service_to_the_bus() -> No
 async def test_pbx_restart_mid_call_reconnects_resyncs_and_ends_the_ghost_call() -> None:
     async with FakePBX(["queue_answered"], speed=20.0, secret=SECRET) as pbx:
         pbx.pause_replay(at=3.0)  # Jane Doe is talking to Alice from 2.0 s to 5.5 s
-        service = Service(settings_for(pbx))
+        service = Service(settings_for(pbx), web=False)
         sub = service.bus.subscribe(name="test")
         async with service:
             assert await asyncio.wait_for(pbx.wait_paused(), 10)
@@ -83,7 +83,7 @@ async def test_the_secret_never_reaches_the_logs(caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.DEBUG)
     async with FakePBX(["queue_abandon"], speed=None, secret=SECRET) as pbx:
         for auth in ("plain", "md5"):
-            service = Service(settings_for(pbx, auth=auth))
+            service = Service(settings_for(pbx, auth=auth), web=False)
             sub = service.bus.subscribe(PBXResynced, name="test")
             async with service:
                 await until(sub, lambda e: True)
@@ -117,7 +117,7 @@ async def test_garbage_and_a_1mb_line_mid_call_leave_the_model_right(
     caplog.set_level(logging.WARNING)
     async with FakePBX(["queue_answered"], speed=20.0, secret=SECRET) as pbx:
         pbx.pause_replay(at=3.0)
-        service = Service(settings_for(pbx))
+        service = Service(settings_for(pbx), web=False)
         sub = service.bus.subscribe(CallChanged, name="test")
         async with service:
             assert await asyncio.wait_for(pbx.wait_paused(), 10)

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.lab
 async def service(lab: Any) -> AsyncIterator[Service]:
     lab.wait_idle()
     settings = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
-    svc = Service(dataclasses.replace(settings, ami=lab.ami_config()))
+    svc = Service(dataclasses.replace(settings, ami=lab.ami_config()), web=False)
     ready = svc.bus.subscribe(PBXResynced, name="test-ready")
     async with svc:
         async with asyncio.timeout(15):

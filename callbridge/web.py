@@ -1,0 +1,41 @@
+"""The service's HTTP side: one aiohttp application, the parts mounted on it.
+
+``make_app(service)`` is shared by ``callbridge serve`` and the tests. The customer REST API is
+mounted under ``/api/``; ``/healthz`` says whether the PBX link is up, for load balancers and
+supervisors' monitoring.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from callbridge.service import Service
+from customers.api import customer_api
+
+SERVICE: Final = web.AppKey("callbridge.service", Service)
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/healthz", healthz)
+    if service.store is not None:
+        app.add_subapp("/api/", customer_api(service.store, service.settings.http.api_tokens))
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    client = service.client
+    body = {
+        "pbx": {
+            "name": service.settings.pbx_name,
+            "connected": client.connected,
+            "session": client.session,
+        },
+        "calls": len(service.model.live_calls()),
+        "customers": service.store is not None,
+    }
+    return web.json_response(body, status=200 if client.connected else 503)
