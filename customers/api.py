@@ -296,7 +296,9 @@ async def _read_json(request: web.Request, validator: Any) -> dict[str, Any]:
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
             f" (character {exc.pos})",
         ) from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise ApiError(400, "malformed-json", "the body nests too deep to be read") from None
+    except ValueError as exc:
         raise ApiError(400, "malformed-json", f"the body is not valid JSON: {exc}") from None
     _validate(validator, data)
     assert isinstance(data, dict)  # the schemas all ask for an object

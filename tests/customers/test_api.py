@@ -290,6 +290,7 @@ async def test_malformed_json_names_the_position(api: Api) -> None:
         (b"", "the body is empty; a JSON object is expected"),
         (b'{"display_name": NaN}', "the body is not valid JSON: NaN is not a JSON number"),
         (b'{"display_name": "\xff"}', "the body is not UTF-8 (byte 18)"),
+        (b"[" * 10000, "the body nests too deep to be read"),
     ]:
         answer = await api.call("POST", "/api/customers", data=body, status=400)
         assert error_of(answer) == {"code": "malformed-json", "message": message}
