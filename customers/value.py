@@ -121,6 +121,9 @@ class PopulationBuilder:
         )
 
 
+EQUAL = Weights()
+
+
 def population(facts: Iterable[CustomerFacts], now: float) -> Population:
     """The quintiles of an in-memory population (``PopulationBuilder`` for a stream)."""
     builder = PopulationBuilder(now)
@@ -130,7 +133,7 @@ def population(facts: Iterable[CustomerFacts], now: float) -> Population:
 
 def score(facts: CustomerFacts, now: float, stats: Population, weights: Weights | None = None) -> Value:
     """The customer's value at ``now`` with its explanation (the module's Rules 1-4)."""
-    weights = weights or Weights()
+    weights = weights or EQUAL
     imported = facts.imported_value
     if facts.orders <= 0:
         if imported is not None:
