@@ -313,18 +313,33 @@ def _dnc(row: Sequence[Any]) -> DoNotCall:
 
 @dataclass(slots=True)
 class _Row:
-    """One ``create_customers`` row after validation."""
+    """One ``create_customers`` row after validation, with its SQL parameters prepared outside the
+    connection's thread (the thread's share of the GIL is the import's bottleneck)."""
 
     index: int
-    display_name: str
-    fields: dict[str, str]
+    key: str | None
+    customer_id: str
+    """A new id; replaced by the stored profile's when ``key`` exists."""
+    insert: tuple[Any, ...]
+    """customers columns after ``id``: display_name, FIELDS, attributes, source, import_key, times."""
+    update: dict[str, str]
+    """What a row whose key exists sets: display_name, the non-empty fields."""
     attributes: str
     identities: list[Identity]
-    key: str | None
-    source: str
-    value: float | None
-    customer_id: str = ""
+    identity_rows: list[tuple[Any, ...]]
+    """identities columns before ``customer_id`` (see ``_IDENTITY_INSERT``)."""
+    value: tuple[Any, ...] | None
+    """customer_values columns after ``customer_id``."""
     existing: bool = False
+
+
+_IDENTITY_INSERT = (
+    "INSERT INTO identities (kind, system, value, raw, label, extension, shared, verified, source, "
+    "created_at, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (kind, system, value, customer_id) DO UPDATE SET "
+    "label = CASE WHEN excluded.label <> '' THEN excluded.label ELSE label END, "
+    "shared = max(shared, excluded.shared)"
+)
 
 
 class SQLiteStore(CustomerStore):
@@ -412,18 +427,26 @@ class SQLiteStore(CustomerStore):
     # --- id resolution ---------------------------------------------------------------------------
 
     def _new_id(self) -> str:
-        """Time-ordered and increasing within the store: milliseconds, a sequence within the
+        return self._new_ids(1)[0]
+
+    def _new_ids(self, count: int) -> list[str]:
+        """Time-ordered ids, increasing within the store: milliseconds, a sequence within the
         millisecond, then randomness (another process making ids in the same millisecond). New
         rows land at the right edge of every index keyed by customer id."""
         ms = time.time_ns() // 1_000_000
         if ms <= self._last_ms:
-            ms, self._seq = self._last_ms, self._seq + 1
+            ms = self._last_ms
+        else:
+            self._seq = -1
+        noise = secrets.token_hex(6 * count)
+        ids = []
+        for n in range(count):
+            self._seq += 1
             if self._seq > 0xFFFF:
                 ms, self._seq = ms + 1, 0
-        else:
-            self._seq = 0
+            ids.append(f"{ms:012x}{self._seq:04x}{noise[12 * n : 12 * n + 12]}")
         self._last_ms = ms
-        return f"{ms:012x}{self._seq:04x}{secrets.token_hex(6)}"
+        return ids
 
     @staticmethod
     def _resolve(conn: sqlite3.Connection, customer_id: str) -> str:
@@ -536,6 +559,7 @@ class SQLiteStore(CustomerStore):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (cid, name, *(fields.get(f, "") for f in FIELDS), attrs, source, now, now),
             )
+            self._index_names(conn, "id = ?", (cid,))
             for field, identity in items:
                 self._put_identity(conn, cid, identity, field)
             return self._load_customer(conn, cid)
@@ -962,6 +986,8 @@ class SQLiteStore(CustomerStore):
                 rows.append(self._check_row(index, item, now))
             except CustomerError as exc:
                 rejected.append((index, str(exc)))
+        for row, cid in zip(rows, self._new_ids(len(rows)), strict=True):
+            row.customer_id = cid
         if not rows:
             return BatchResult(rejected=tuple(rejected))
         result = await self._run(self._create_customers, rows, now)
@@ -981,27 +1007,56 @@ class SQLiteStore(CustomerStore):
             # A row from a CRM export may have only the parts of the name.
             name = " ".join(p for p in (fields.get("given_name"), fields.get("family_name")) if p)
         name = _check_field("display_name", name)
-        value = item.value
-        if value is not None and (not isinstance(value, int | float) or not 0 <= value <= 100):
-            raise InvalidInput("value", f"expected a score 0..100, got {value!r}")
+        score = item.value
+        if score is not None and (not isinstance(score, int | float) or not 0 <= score <= 100):
+            raise InvalidInput("value", f"expected a score 0..100, got {score!r}")
         key = item.key.strip() if isinstance(item.key, str) and item.key.strip() else None
-        identities = [
-            identity for _, identity in self._coerce_all(item.identities, source=item.source, now=now)
-        ]
+        source = item.source if isinstance(item.source, str) else ""
+        identities = [identity for _, identity in self._coerce_all(item.identities, source=source, now=now)]
+        attributes = _dumps(item.attributes, "attributes") if item.attributes else "{}"
+        value: tuple[Any, ...] | None = None
+        if score is not None:
+            origin = source if source.startswith("import") else f"import:{source or 'batch'}"
+            value = (float(score), None, 0, 0.0, origin, f"imported score {score:g}", now)
+        update = {"display_name": name}
+        update.update((field, text) for field, text in fields.items() if text)
         return _Row(
             index=index,
-            display_name=name,
-            fields=fields,
-            attributes=_dumps(item.attributes, "attributes"),
-            identities=identities,
             key=key,
-            source=item.source,
-            value=float(value) if value is not None else None,
+            customer_id="",
+            insert=(
+                name,
+                *[fields.get(field, "") for field in FIELDS],
+                attributes,
+                source,
+                key,
+                now,
+                now,
+            ),
+            update=update,
+            attributes=attributes,
+            identities=identities,
+            identity_rows=[
+                (
+                    i.kind.value,
+                    i.system,
+                    i.value,
+                    i.raw,
+                    i.label,
+                    i.extension,
+                    int(i.shared),
+                    int(i.verified),
+                    i.source,
+                    i.created_at,
+                )
+                for i in identities
+            ],
+            value=value,
         )
 
     def _create_customers(self, conn: sqlite3.Connection, rows: list[_Row], now: float) -> BatchResult:
         created: list[str] = []
-        updated: list[str] = []
+        updated: dict[str, None] = {}  # ordered set
         duplicates: list[tuple[int, Identity, tuple[str, ...]]] = []
         with _transaction(conn):
             # Keys already stored (a re-run) or repeated within the batch update one profile.
@@ -1015,16 +1070,17 @@ class SQLiteStore(CustomerStore):
                 ):
                     known[key] = cid
             for row in rows:
-                if row.key and row.key in known:
+                if row.key is None:
+                    continue
+                if row.key in known:
                     row.customer_id, row.existing = known[row.key], True
                 else:
-                    row.customer_id = self._new_id()
-                    if row.key:
-                        known[row.key] = row.customer_id
+                    known[row.key] = row.customer_id
             # Other holders of the batch's identities, stored or earlier in this batch.
-            holders = self._holders(conn, [i for row in rows for i in row.identities])
+            holders = self._holders(conn, [head[:3] for row in rows for head in row.identity_rows])
             new_customers: list[tuple[Any, ...]] = []
-            pending: set[str] = set()
+            pending: set[str] = set()  # created, not yet inserted
+            fresh: set[str] = set()  # created by this batch
             new_identities: list[tuple[Any, ...]] = []
             values: list[tuple[Any, ...]] = []
             for row in rows:
@@ -1034,68 +1090,35 @@ class SQLiteStore(CustomerStore):
                         # The key came earlier in this batch: that row must be stored first.
                         self._insert_customers(conn, new_customers)
                         pending.clear()
-                    elif cid not in updated:
-                        updated.append(cid)
-                    given = {name: text for name, text in row.fields.items() if text}
-                    sets = "".join(f"{name} = ?, " for name in given)
+                    elif cid not in fresh:
+                        updated[cid] = None
+                    sets = "".join(f"{name} = ?, " for name in row.update)  # names checked
                     conn.execute(
-                        f"UPDATE customers SET display_name = ?, {sets}"
-                        "attributes = json_patch(attributes, ?), updated_at = ? WHERE id = ?",
-                        (row.display_name, *given.values(), row.attributes, now, cid),
+                        f"UPDATE customers SET {sets}attributes = json_patch(attributes, ?), updated_at = ? "
+                        "WHERE id = ?",
+                        (*row.update.values(), row.attributes, now, cid),
                     )
                 else:
                     created.append(cid)
+                    fresh.add(cid)
                     pending.add(cid)
-                    new_customers.append(
-                        (
-                            cid,
-                            row.display_name,
-                            *(row.fields.get(f, "") for f in FIELDS),
-                            row.attributes,
-                            row.source,
-                            row.key,
-                            now,
-                            now,
-                        )
-                    )
-                for identity in row.identities:
-                    key = (identity.kind.value, identity.system, identity.value)
-                    owners = holders.setdefault(key, [])
-                    others = tuple(owner for owner in owners if owner != cid)
-                    if others and not identity.shared:
-                        duplicates.append((row.index, identity, others))
-                    if cid not in owners:
-                        owners.append(cid)
-                    new_identities.append(
-                        (
-                            *key,
-                            cid,
-                            identity.raw,
-                            identity.label,
-                            identity.extension,
-                            int(identity.shared),
-                            int(identity.verified),
-                            identity.source,
-                            identity.created_at,
-                        )
-                    )
+                    new_customers.append((cid, *row.insert))
+                for identity, head in zip(row.identities, row.identity_rows, strict=True):
+                    owners = holders.get(head[:3])
+                    if owners is None:
+                        holders[head[:3]] = [cid]
+                    else:
+                        others = tuple(owner for owner in owners if owner != cid)
+                        if others and not identity.shared:
+                            duplicates.append((row.index, identity, others))
+                        if cid not in owners:
+                            owners.append(cid)
+                    new_identities.append((*head, cid))
                 if row.value is not None:
-                    source = (
-                        row.source if row.source.startswith("import") else f"import:{row.source or 'batch'}"
-                    )
-                    values.append(
-                        (cid, row.value, None, 0, 0.0, source, f"imported score {row.value:g}", now)
-                    )
+                    values.append((cid, *row.value))
             # Customers before their identities and values (foreign keys).
             self._insert_customers(conn, new_customers)
-            conn.executemany(
-                "INSERT INTO identities (kind, system, value, customer_id, raw, label, extension, shared, "
-                "verified, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (kind, system, value, customer_id) DO UPDATE SET "
-                "label = CASE WHEN excluded.label <> '' THEN excluded.label ELSE label END, "
-                "shared = max(shared, excluded.shared)",
-                new_identities,
-            )
+            conn.executemany(_IDENTITY_INSERT, new_identities)
             conn.executemany(
                 "INSERT INTO customer_values (customer_id, score, recency_days, frequency, monetary, source, "
                 "explanation, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -1106,24 +1129,39 @@ class SQLiteStore(CustomerStore):
         return BatchResult(created=tuple(created), updated=tuple(updated), duplicates=tuple(duplicates))
 
     @staticmethod
-    def _insert_customers(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
-            conn.executemany(
-                "INSERT INTO customers (id, display_name, given_name, family_name, company, language, "
-                "timezone, birthday, attributes, source, import_key, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            rows.clear()
+    def _index_names(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> None:
+        """Index new customers' names for ``search`` (the FTS table has no insert trigger)."""
+        conn.execute(
+            "INSERT INTO customers_fts (rowid, display_name, given_name, family_name, company) "
+            f"SELECT pk, display_name, given_name, family_name, company FROM customers WHERE {where}",
+            params,
+        )
+
+    @classmethod
+    def _insert_customers(cls, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert and index (names) new customers; empties ``rows``."""
+        if not rows:
+            return
+        # New rows get larger pks (INTEGER PRIMARY KEY takes max + 1): those are the ones to index,
+        # before any later statement of the batch may update them (the FTS update trigger).
+        last_pk = conn.execute("SELECT coalesce(max(pk), 0) FROM customers").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO customers (id, display_name, given_name, family_name, company, language, "
+            "timezone, birthday, attributes, source, import_key, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        cls._index_names(conn, "pk > ?", (last_pk,))
+        rows.clear()
 
     @staticmethod
     def _holders(
-        conn: sqlite3.Connection, identities: Sequence[Identity]
+        conn: sqlite3.Connection, keys: Sequence[tuple[str, str, str]]
     ) -> dict[tuple[str, str, str], list[str]]:
-        """Stored holders of these identities, one IN list per (kind, system)."""
+        """Stored holders of these (kind, system, value) identities, one IN list per (kind, system)."""
         by_scope: dict[tuple[str, str], set[str]] = {}
-        for identity in identities:
-            by_scope.setdefault((identity.kind.value, identity.system), set()).add(identity.value)
+        for kind, system, value in keys:
+            by_scope.setdefault((kind, system), set()).add(value)
         holders: dict[tuple[str, str, str], list[str]] = {}
         for (kind, system), values in by_scope.items():
             for chunk in _chunks(sorted(values)):

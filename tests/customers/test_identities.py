@@ -8,7 +8,7 @@ import phonenumbers
 import pytest
 
 from customers.identities import (
-    _fast_e164,
+    _fast_path,
     _parse,
     coerce_identity,
     is_anonymous,
@@ -81,27 +81,46 @@ def test_unparseable_numbers_name_the_field(raw: str) -> None:
     assert "identities[0].value:" in str(caught.value)
 
 
-def test_fast_e164_path_agrees_with_phonenumbers() -> None:
-    """The importer's shortcut for canonical E.164 input must give what the full parse gives."""
+def _full(text: str, region: str) -> str | None:
+    number = _parse(text, region)
+    return None if number is None else phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def test_fast_path_agrees_with_phonenumbers() -> None:
+    """The importer's shortcut for plain forms must give what the full parse gives: random
+    international and national numbers of every country, with and without punctuation."""
     rng = random.Random(7)
     codes = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
-    taken = 0
-    for _ in range(20000):
-        text = f"+{rng.choice(codes)}" + "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 13)))
-        fast = _fast_e164(text)
+    regions = sorted(phonenumbers.SUPPORTED_REGIONS)
+
+    def punctuate(digits: str) -> str:
+        if rng.random() < 0.5:
+            return digits
+        cut = rng.randint(1, max(1, len(digits) - 4))
+        return f"({digits[:cut]}) {digits[cut : cut + 3]}-{digits[cut + 3 :]}"
+
+    taken = {"+": 0, "national": 0}
+    for _ in range(30000):
+        digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 13)))
+        if rng.random() < 0.5:
+            text, region, kind = f"+{rng.choice(codes)} {punctuate(digits)}", "US", "+"
+        else:
+            text, region, kind = punctuate(digits), rng.choice(regions), "national"
+        fast = _fast_path(text, region)
         if fast is None:
             continue
-        taken += 1
-        slow = _parse(text, "US")
-        assert slow is not None, text
-        assert phonenumbers.format_number(slow, phonenumbers.PhoneNumberFormat.E164) == fast, text
-    assert taken > 2000
-    # Forms the full parse rewrites are left to it: a national "0" after the country code, Italy's
-    # leading zero that is part of the number.
-    assert _fast_e164("+4402079460958") is None
+        taken[kind] += 1
+        assert fast == _full(text, region), (text, region)
+    assert min(taken.values()) > 2000, taken
+    # Forms the full parse rewrites are left to it: a trunk "0" after the country code, Italy's
+    # leading zero that belongs to the number, a national form starting with the country code.
+    assert _fast_path("+4402079460958", "US") is None
     assert normalise_phone("+4402079460958").e164 == UK
-    assert _fast_e164("+3906698851") is None
+    assert _fast_path("+3906698851", "US") is None
     assert normalise_phone("+39 06 698851").e164 == "+3906698851"
+    assert _fast_path("4930901820", "DE") is None
+    assert _fast_path("14155550123", "US") is None
+    assert _fast_path("(415) 555-0123", "US") == US
 
 
 def test_time_zones_of_numbers() -> None:
