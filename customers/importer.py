@@ -50,7 +50,7 @@ import phonenumbers
 import yaml
 
 from customers.identities import is_anonymous, normalise_email, normalise_identity, normalise_phone
-from customers.model import BatchResult, Identity, IdentityKind, NewCustomer
+from customers.model import Identity, IdentityKind, NewCustomer
 from customers.store import CustomerError, CustomerStore, InvalidInput
 
 __all__ = [
@@ -1332,7 +1332,6 @@ async def import_file(
         reject_file = _RejectFile(rejects_path, keep=saved["rejects_size"] if saved else None)
         converter = RowConverter(mapping, source=src, region=region)
         batch = max(1, batch)
-        in_flight: tuple[asyncio.Task[BatchResult], _Window] | None = None
 
         def save(window: _Window, *, complete: bool = False) -> None:
             report.last_row = window.last_row or report.last_row
@@ -1353,44 +1352,33 @@ async def import_file(
                 },
             )
 
-        async def settle(task: asyncio.Task[BatchResult], window: _Window) -> None:
-            result = await task
-            report.batches += 1
-            report.created += len(result.created)
-            report.updated += len(result.updated)
-            report.repeated += (
-                len(window.customers) - len(result.rejected) - len(result.created) - len(result.updated)
-            )
-            rejects_out = window.rejects
-            for index, reason in result.rejected:
-                rejects_out.append((window.rows[index], reason, window.raws[index]))
-            report.rejected += len(result.rejected)
-            for index, identity, holders in result.duplicates:
-                report.duplicates += 1
-                if len(report.duplicate_findings) < keep_duplicates:
-                    report.duplicate_findings.append(DuplicateFinding(window.rows[index], identity, holders))
-            reject_file.write(sorted(rejects_out))
+        async def flush(window: _Window) -> None:
+            """Commit the window's rows, then write its rejects, then checkpoint (rule 4)."""
+            window.end_offset, window.end_line = reader.offset, reader.line
+            if window.customers:
+                # One batch at a time: overlapping the next batch's reading with this one's SQL
+                # measured no faster (the store's thread needs the GIL back after every step).
+                result = await store.create_customers(window.customers)
+                report.batches += 1
+                report.created += len(result.created)
+                report.updated += len(result.updated)
+                report.repeated += (
+                    len(window.customers) - len(result.rejected) - len(result.created) - len(result.updated)
+                )
+                for index, reason in result.rejected:
+                    window.rejects.append((window.rows[index], reason, window.raws[index]))
+                report.rejected += len(result.rejected)
+                for index, identity, holders in result.duplicates:
+                    report.duplicates += 1
+                    if len(report.duplicate_findings) < keep_duplicates:
+                        report.duplicate_findings.append(
+                            DuplicateFinding(window.rows[index], identity, holders)
+                        )
+            reject_file.write(sorted(window.rejects))
             reject_file.sync()
             save(window)
             if progress is not None:
                 progress(_progress(report, reader.offset, size, started))
-
-        async def flush(window: _Window, end: tuple[int, int]) -> None:
-            nonlocal in_flight
-            window.end_offset, window.end_line = end
-            if in_flight is not None:
-                await settle(*in_flight)
-                in_flight = None
-            if not window.customers:
-                # Only rejects since the last batch: write them out and checkpoint past them.
-                reject_file.write(window.rejects)
-                reject_file.sync()
-                save(window)
-                return
-            task = asyncio.create_task(store.create_customers(window.customers))
-            in_flight = (task, window)
-            # Let the store start its work (its SQL runs in its own thread) while we read on.
-            await asyncio.sleep(0)
 
         window = _Window()
         try:
@@ -1407,26 +1395,16 @@ async def import_file(
                 window.records += 1
                 window.last_row = record.row
                 if window.records >= batch:
-                    await flush(window, (reader.offset, reader.line))
+                    await flush(window)
                     window = _Window()
                     if stop is not None and stop.is_set():
                         report.interrupted = True
                         break
-                elif in_flight is not None and window.records % 256 == 0:
-                    await asyncio.sleep(0)
             else:
-                await flush(window, (reader.offset, reader.line))
-            if in_flight is not None:
-                await settle(*in_flight)
-                in_flight = None
-            if not report.interrupted:
+                await flush(window)
                 report.complete = True
                 save(_Window(end_offset=reader.offset, end_line=reader.line), complete=True)
         finally:
-            if in_flight is not None:
-                # Cancelled or failed while a batch was in the store: let it end (committed or
-                # not), never checkpoint it; a resume reads it again (rule 4).
-                await asyncio.gather(in_flight[0], return_exceptions=True)
             reject_file.close()
     report.elapsed = time.monotonic() - started
     return report
