@@ -245,9 +245,17 @@ async def _import(store: CustomerStore, settings: Settings, database: Path, args
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        # The first signal ends the import after the batch in flight (committed, checkpointed);
+        # a second one gets Python's default: stop now (the checkpoint still holds).
+        print(f"\n{sig.name}: stopping after the current batch (again to stop now)", file=sys.stderr)
+        stop.set()
+        loop.remove_signal_handler(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     progress = None if args.quiet else ProgressLine(sys.stderr)
     try:
         report = await import_file(

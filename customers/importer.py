@@ -872,7 +872,8 @@ class RowConverter:
         else:
             display = ""
         if not display:
-            display = " ".join(p for p in (fields.get("given_name"), fields.get("family_name")) if p)
+            given, family = fields.get("given_name", ""), fields.get("family_name", "")
+            display = f"{given} {family}" if given and family else given or family
             if not display:
                 display = fields.get("company", "")
                 if not display:

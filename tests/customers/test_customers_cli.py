@@ -29,10 +29,10 @@ ROWS = 50_000
 BAD_ROWS = {137: "bad phone", 12_001: "no name", 33_333: "bad email", 49_990: "bad phone"}
 
 
-def big_csv(path: Path) -> Path:
-    """``ROWS`` customers (key ``n``), four of them bad; row n is on line n + 1."""
+def big_csv(path: Path, rows: int = ROWS) -> Path:
+    """``rows`` customers (key ``n``), the ``BAD_ROWS`` among them bad; row n is on line n + 1."""
     lines = ["n,first,last,phone,email,tier"]
-    for n in range(1, ROWS + 1):
+    for n in range(1, rows + 1):
         phone = f"(212) {200 + n // 10_000:03d}-{n % 10_000:04d}"
         first, email = f"First{n}", f"p{n}@example.com"
         problem = BAD_ROWS.get(n)
@@ -91,16 +91,8 @@ def test_a_sigkilled_import_keeps_every_checkpointed_row_and_resume_completes_it
     common = ["--database", str(database), "import", str(source), "--mapping", str(mapping)]
 
     proc = cli(*common, "--batch", "500")
-    deadline = time.monotonic() + 180 * UNIT
-    state = None
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = read_state(state_path)
-            if state is not None and state["last_row"] >= 9_000:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the import ended before the kill: {proc.communicate()}"
-        assert state is not None, "no checkpoint before the deadline"
+        wait_for_checkpoint(proc, state_path, 9_000)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
@@ -134,6 +126,50 @@ def test_a_sigkilled_import_keeps_every_checkpointed_row_and_resume_completes_it
     assert code == 0, err
     assert f"created 0  updated {good:,}" in out, out
     assert asyncio.run(count_customers(database)) == good
+
+
+def wait_for_checkpoint(proc: subprocess.Popen[str], state_path: Path, last_row: int) -> None:
+    deadline = time.monotonic() + 180 * UNIT
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = read_state(state_path)
+        if state is not None and state["last_row"] >= last_row:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint past row {last_row}: {proc.poll()=}")
+
+
+def test_sigterm_commits_the_batch_in_flight_checkpoints_and_exits_130(tmp_path: Path) -> None:
+    rows = 20_000
+    source = big_csv(tmp_path / "crm.csv", rows)
+    database = tmp_path / "customers.db"
+    common = [
+        "--database",
+        str(database),
+        "import",
+        str(source),
+        "--mapping",
+        str(mapping_file(tmp_path / "m.yaml")),
+    ]
+    proc = cli(*common, "--batch", "500")
+    try:
+        wait_for_checkpoint(proc, default_state_path(source), 1_500)
+        proc.send_signal(signal.SIGTERM)
+        code, out, err = finish(proc, 60 * UNIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 130, err
+    assert "SIGTERM: stopping after the current batch" in err
+    state = read_state(default_state_path(source))
+    assert state is not None and not state["complete"]
+    assert "): interrupted in" in out
+    assert f"committed up to row {state['last_row']}; run again with --resume to continue" in out
+    stored = asyncio.run(count_customers(database))
+    assert stored == state["counts"]["created"] and stored < rows
+
+    code, out, err = finish(cli(*common, "--resume", "--quiet"), 300 * UNIT)
+    assert code == 0, err
+    assert asyncio.run(count_customers(database)) == rows - len([n for n in BAD_ROWS if n <= rows])
 
 
 SMALL = """\
