@@ -20,8 +20,9 @@ Pure functions, no I/O. Rules:
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import phonenumbers
 from phonenumbers import timezone as phone_timezone
@@ -117,6 +118,18 @@ def _plain_national(
     if for_parsing is not None and for_parsing.match(national):
         return False
     return international is None or international.match(national) is None
+
+
+def fast_email(raw: str) -> str | None:
+    """The stored form of a plain email (already trimmed and shaped), else None."""
+    if len(raw) <= _MAX_VALUE and _EMAIL.fullmatch(raw) is not None and raw[:7].lower() != "mailto:":
+        return raw.lower()
+    return None
+
+
+def fast_phone(text: str, region: str) -> str | None:
+    """E.164 of a trimmed plain-form number, else None (``normalise_phone`` does the rest)."""
+    return _fast_path(text, region) if len(text) <= 64 else None
 
 
 def _fast_path(text: str, region: str) -> str | None:
@@ -245,6 +258,41 @@ def parse_kind(kind: IdentityKind | str, *, field: str = "kind") -> tuple[Identi
     return parsed, system.strip().lower()
 
 
+IdentityRow = tuple[str, str, str, str, str, str, int, int, str, float]
+"""An identity as the ``identities`` table's columns before ``customer_id``: (kind, system, value,
+raw, label, extension, shared, verified, source, created_at). The importer's path builds these,
+not ``Identity`` objects (a frozen dataclass costs ~4 us to make)."""
+
+_KIND_VALUE = {kind: kind.value for kind in IdentityKind}
+
+
+def normalise_value(
+    kind: IdentityKind, value: object, system: str, region: str, field: str
+) -> tuple[str, str, str]:
+    """(stored value, system, extension) of one identity; ``InvalidInput`` names ``field``."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field}.value", f"expected a string, got {type(value).__name__}")
+    if kind is IdentityKind.PHONE:
+        phone = normalise_phone(value, region, field=f"{field}.value")
+        return phone.e164, "", phone.extension
+    if kind is IdentityKind.EMAIL:
+        return normalise_email(value, field=f"{field}.value"), "", ""
+    if kind is IdentityKind.MEMBER:
+        return normalise_member(value, field=f"{field}.value"), "", ""
+    system = system.strip().lower()
+    if not system:
+        what = "system" if kind is IdentityKind.EXTERNAL else "network"
+        raise InvalidInput(f"{field}.system", f"a {kind.value} identity needs its {what}")
+    normal = value.strip()
+    if kind is IdentityKind.IM:
+        normal = normal.lstrip("@").casefold()
+    if not normal:
+        raise InvalidInput(f"{field}.value", f"empty {kind.value} id")
+    if len(normal) > _MAX_VALUE:
+        raise InvalidInput(f"{field}.value", f"{kind.value} id longer than 320 characters")
+    return normal, system, ""
+
+
 def normalise_identity(
     kind: IdentityKind | str,
     value: str,
@@ -260,28 +308,7 @@ def normalise_identity(
 ) -> Identity:
     """One identity in its stored form; ``InvalidInput`` names ``field`` (``identities[2]``)."""
     parsed, kind_system = parse_kind(kind, field=f"{field}.kind")
-    if not isinstance(value, str):
-        raise InvalidInput(f"{field}.value", f"expected a string, got {type(value).__name__}")
-    system = (system or kind_system).strip().lower()
-    extension = ""
-    if parsed is IdentityKind.PHONE:
-        phone = normalise_phone(value, region, field=f"{field}.value")
-        normal, extension, system = phone.e164, phone.extension, ""
-    elif parsed is IdentityKind.EMAIL:
-        normal, system = normalise_email(value, field=f"{field}.value"), ""
-    elif parsed is IdentityKind.MEMBER:
-        normal, system = normalise_member(value, field=f"{field}.value"), ""
-    else:
-        if not system:
-            what = "system" if parsed is IdentityKind.EXTERNAL else "network"
-            raise InvalidInput(f"{field}.system", f"a {parsed.value} identity needs its {what}")
-        normal = value.strip()
-        if parsed is IdentityKind.IM:
-            normal = normal.lstrip("@").casefold()
-        if not normal:
-            raise InvalidInput(f"{field}.value", f"empty {parsed.value} id")
-        if len(normal) > _MAX_VALUE:
-            raise InvalidInput(f"{field}.value", f"{parsed.value} id longer than 320 characters")
+    normal, system, extension = normalise_value(parsed, value, system or kind_system, region, field)
     return Identity(
         kind=parsed,
         value=normal,
@@ -296,6 +323,59 @@ def normalise_identity(
     )
 
 
+def identity_row(
+    item: Identity | tuple[IdentityKind | str, str],
+    *,
+    region: str,
+    field: str,
+    source: str = "",
+    created_at: float = 0.0,
+) -> IdentityRow:
+    """An ``Identity`` (normalised again: its ``value`` may be raw) or a ``(kind, value)`` pair,
+    as an ``IdentityRow``."""
+    if type(item) is tuple and len(item) == 2:
+        kind, kind_system = parse_kind(item[0], field=f"{field}.kind")
+        raw = item[1]
+        normal, system, extension = normalise_value(kind, raw, kind_system, region, field)
+        return (_KIND_VALUE[kind], system, normal, raw, "", extension, 0, 0, source, created_at)
+    if isinstance(item, Identity):
+        kind, kind_system = parse_kind(item.kind, field=f"{field}.kind")
+        normal, system, extension = normalise_value(
+            kind, item.value, item.system or kind_system, region, field
+        )
+        label = item.label.strip() if isinstance(item.label, str) else ""
+        return (
+            _KIND_VALUE[kind],
+            system,
+            normal,
+            item.raw or item.value,
+            label,
+            extension or item.extension,
+            int(bool(item.shared)),
+            int(bool(item.verified)),
+            item.source or source,
+            item.created_at or created_at,
+        )
+    raise InvalidInput(field, f"expected an Identity or a (kind, value) pair, got {item!r}")
+
+
+def row_identity(row: Sequence[Any]) -> Identity:
+    """The ``Identity`` of an ``IdentityRow``, or of a stored row read in that column order."""
+    kind, system, value, raw, label, extension, shared, verified, source, created_at = row[:10]
+    return Identity(
+        kind=IdentityKind(kind),
+        value=value,
+        system=system,
+        raw=raw,
+        label=label,
+        extension=extension,
+        shared=bool(shared),
+        verified=bool(verified),
+        source=source,
+        created_at=created_at,
+    )
+
+
 def coerce_identity(
     item: Identity | tuple[IdentityKind | str, str],
     *,
@@ -305,23 +385,4 @@ def coerce_identity(
     created_at: float = 0.0,
 ) -> Identity:
     """An ``Identity`` (normalised again: its ``value`` may be raw) or a ``(kind, value)`` pair."""
-    if isinstance(item, Identity):
-        raw = item.raw or item.value
-        identity = normalise_identity(
-            item.kind,
-            item.value,
-            system=item.system,
-            region=region,
-            field=field,
-            label=item.label,
-            shared=item.shared,
-            verified=item.verified,
-            source=item.source or source,
-            created_at=item.created_at or created_at,
-        )
-        extension = identity.extension or item.extension
-        return replace(identity, raw=raw, extension=extension)
-    if not isinstance(item, tuple) or len(item) != 2:
-        raise InvalidInput(field, f"expected an Identity or a (kind, value) pair, got {item!r}")
-    kind, value = item
-    return normalise_identity(kind, value, region=region, field=field, source=source, created_at=created_at)
+    return row_identity(identity_row(item, region=region, field=field, source=source, created_at=created_at))

@@ -39,12 +39,16 @@ import aiosqlite
 
 from customers import consent as policy
 from customers.identities import (
-    coerce_identity,
+    IdentityRow,
+    fast_email,
+    fast_phone,
+    identity_row,
     is_anonymous,
     normalise_identity,
     normalise_phone,
     parse_kind,
     phone_time_zones,
+    row_identity,
 )
 from customers.migrate import MIGRATIONS_DIR, check_version, load_migrations, migrate
 from customers.model import (
@@ -176,8 +180,34 @@ def _check_field(name: str, value: object, where: str = "") -> str:
     return text
 
 
+_FREE_TEXT = frozenset({"given_name", "family_name", "company", "language"})
+
+
 def _check_fields(fields: Mapping[str, object], where: str = "") -> dict[str, str]:
-    return {name: _check_field(name, value, where) for name, value in fields.items()}
+    checked = {}
+    for name, value in fields.items():
+        if name in _FREE_TEXT and type(value) is str and len(value) <= 1000:
+            checked[name] = value.strip()  # the common case without the checks' call
+        else:
+            checked[name] = _check_field(name, value, where)
+    return checked
+
+
+def _plain_pair(item: object, region: str, source: str, now: float) -> IdentityRow | None:
+    """The row of a ``("phone", "+14155550123")`` or ``("email", "a@b.c")`` pair in a plain form,
+    or None for everything else (``identity_row`` then does the full job, errors included)."""
+    if type(item) is not tuple or len(item) != 2:
+        return None
+    kind, raw = item
+    if type(raw) is not str:
+        return None
+    if kind == "phone" or kind is IdentityKind.PHONE:
+        e164 = fast_phone(raw.strip(), region)
+        return None if e164 is None else ("phone", "", e164, raw, "", "", 0, 0, source, now)
+    if kind == "email" or kind is IdentityKind.EMAIL:
+        email = fast_email(raw)
+        return None if email is None else ("email", "", email, raw, "", "", 0, 0, source, now)
+    return None
 
 
 def _channel(channel: Channel | str, field: str = "channel") -> Channel:
@@ -240,21 +270,6 @@ def _transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[No
 
 
 # --- row conversions ----------------------------------------------------------------------------
-
-
-def _identity(row: Sequence[Any]) -> Identity:
-    return Identity(
-        kind=IdentityKind(row[0]),
-        system=row[1],
-        value=row[2],
-        raw=row[3],
-        label=row[4],
-        extension=row[5],
-        shared=bool(row[6]),
-        verified=bool(row[7]),
-        source=row[8],
-        created_at=row[9],
-    )
 
 
 def _customer(row: Sequence[Any], identities: Sequence[Identity] = ()) -> Customer:
@@ -325,8 +340,7 @@ class _Row:
     update: dict[str, str]
     """What a row whose key exists sets: display_name, the non-empty fields."""
     attributes: str
-    identities: list[Identity]
-    identity_rows: list[tuple[Any, ...]]
+    identity_rows: list[IdentityRow]
     """identities columns before ``customer_id`` (see ``_IDENTITY_INSERT``)."""
     value: tuple[Any, ...] | None
     """customer_values columns after ``customer_id``."""
@@ -468,7 +482,7 @@ class SQLiteStore(CustomerStore):
                 tuple(chunk),
             ).fetchall()
             for row in rows:
-                found[row[0]].append(_identity(row[1:]))
+                found[row[0]].append(row_identity(row[1:]))
         return found
 
     def _load_customers(self, conn: sqlite3.Connection, customer_ids: Sequence[str]) -> dict[str, Customer]:
@@ -525,18 +539,31 @@ class SQLiteStore(CustomerStore):
         self, identities: Iterable[Identity | tuple[IdentityKind | str, str]], *, source: str, now: float
     ) -> list[tuple[str, Identity]]:
         """Normalised identities with their field names, without repeats."""
+        return [
+            (field, row_identity(row))
+            for field, row in self._identity_rows(identities, source=source, now=now)
+        ]
+
+    def _identity_rows(
+        self, identities: Iterable[Identity | tuple[IdentityKind | str, str]], *, source: str, now: float
+    ) -> list[tuple[str, IdentityRow]]:
+        """Normalised identity rows with their field names (``identities[2]``), without repeats."""
+        if type(identities) in (str, bytes, dict):
+            raise InvalidInput("identities", "expected a list of identities")
+        region = self.default_region
         seen: set[tuple[str, str, str]] = set()
-        items: list[tuple[str, Identity]] = []
+        rows: list[tuple[str, IdentityRow]] = []
         for index, item in enumerate(identities):
-            field = f"identities[{index}]"
-            identity = coerce_identity(
-                item, region=self.default_region, field=field, source=source, created_at=now
-            )
-            key = (identity.kind.value, identity.system, identity.value)
+            row = _plain_pair(item, region, source, now)  # the importer's common case, inlined
+            if row is None:
+                row = identity_row(
+                    item, region=region, field=f"identities[{index}]", source=source, created_at=now
+                )
+            key = row[:3]
             if key not in seen:
                 seen.add(key)
-                items.append((field, identity))
-        return items
+                rows.append((f"identities[{index}]", row))
+        return rows
 
     def _create_customer(
         self,
@@ -599,7 +626,7 @@ class SQLiteStore(CustomerStore):
                 identity.created_at,
             ),
         ).fetchone()
-        return _identity(row)
+        return row_identity(row)
 
     async def get_customer(self, customer_id: str) -> Customer:
         return await self._run(self._get_customer, customer_id)
@@ -1012,7 +1039,7 @@ class SQLiteStore(CustomerStore):
             raise InvalidInput("value", f"expected a score 0..100, got {score!r}")
         key = item.key.strip() if isinstance(item.key, str) and item.key.strip() else None
         source = item.source if isinstance(item.source, str) else ""
-        identities = [identity for _, identity in self._coerce_all(item.identities, source=source, now=now)]
+        identity_rows = [row for _, row in self._identity_rows(item.identities, source=source, now=now)]
         attributes = _dumps(item.attributes, "attributes") if item.attributes else "{}"
         value: tuple[Any, ...] | None = None
         if score is not None:
@@ -1035,22 +1062,7 @@ class SQLiteStore(CustomerStore):
             ),
             update=update,
             attributes=attributes,
-            identities=identities,
-            identity_rows=[
-                (
-                    i.kind.value,
-                    i.system,
-                    i.value,
-                    i.raw,
-                    i.label,
-                    i.extension,
-                    int(i.shared),
-                    int(i.verified),
-                    i.source,
-                    i.created_at,
-                )
-                for i in identities
-            ],
+            identity_rows=identity_rows,
             value=value,
         )
 
@@ -1103,14 +1115,14 @@ class SQLiteStore(CustomerStore):
                     fresh.add(cid)
                     pending.add(cid)
                     new_customers.append((cid, *row.insert))
-                for identity, head in zip(row.identities, row.identity_rows, strict=True):
+                for head in row.identity_rows:
                     owners = holders.get(head[:3])
                     if owners is None:
                         holders[head[:3]] = [cid]
                     else:
                         others = tuple(owner for owner in owners if owner != cid)
-                        if others and not identity.shared:
-                            duplicates.append((row.index, identity, others))
+                        if others and not head[6]:  # not marked shared
+                            duplicates.append((row.index, row_identity(head), others))
                         if cid not in owners:
                             owners.append(cid)
                     new_identities.append((*head, cid))

@@ -11,6 +11,7 @@ from customers.identities import (
     _fast_path,
     _parse,
     coerce_identity,
+    fast_email,
     is_anonymous,
     normalise_email,
     normalise_identity,
@@ -136,6 +137,15 @@ def test_emails_are_case_insensitive_and_checked() -> None:
     for bad in ("alice", "alice@", "@example.com", "a b@example.com", "alice@example"):
         with pytest.raises(InvalidInput, match="not an email"):
             normalise_email(bad)
+
+
+@pytest.mark.parametrize(
+    "raw", ["a@b.co", "A@B.CO", " a@b.co", "mailto:a@b.co", "MAILTO:A@b.co", "a@b", "a b@c.de", "x@y.z."]
+)
+def test_fast_email_agrees_with_normalise_email(raw: str) -> None:
+    fast = fast_email(raw)
+    if fast is not None:
+        assert fast == normalise_email(raw)
 
 
 def test_member_external_and_im_identities() -> None:
