@@ -126,6 +126,10 @@ def _run(args: argparse.Namespace, body: Callable[[CustomerStore, Settings, Path
     except CustomerError as exc:
         print(f"callbridge customers: {exc}", file=sys.stderr)
         return EXIT_USAGE if getattr(exc, "status", 400) in (400, 422) else EXIT_FAILED
+    except OSError as exc:
+        # A read-only folder for the checkpoint, a full disk: say which file, no traceback.
+        print(f"callbridge customers: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _jsonable(value: Any) -> Any:
@@ -365,10 +369,11 @@ def format_profile(profile: Profile, *, reasons: tuple[str, ...] = ()) -> str:
     lines = [f"{c.display_name}  [{c.id}]"]
     if reasons:
         lines.append(f"  matched: {'; '.join(reasons)}")
+    full_name = " ".join(p for p in (c.given_name, c.family_name) if p)
     facts = [
         f"{label} {value}"
         for label, value in (
-            ("name", " ".join(p for p in (c.given_name, c.family_name) if p)),
+            ("name", full_name if full_name != c.display_name else ""),
             ("company", c.company),
             ("language", c.language),
             ("time zone", c.timezone),

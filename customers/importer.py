@@ -1169,9 +1169,10 @@ class _RejectFile:
         if keep is None:
             path.unlink(missing_ok=True)
         elif path.exists():
+            # Rejects written after the checkpoint are written again by the resume.
             with open(path, "r+b") as file:
-                file.truncate(keep)
-            self.size = keep
+                self.size = min(keep, file.seek(0, os.SEEK_END))
+                file.truncate(self.size)
 
     def write(self, rejects: Sequence[tuple[int, str, str]]) -> None:
         if self.path is None or not rejects:
@@ -1330,6 +1331,8 @@ async def import_file(
                 return report
             reader.seek(saved["offset"], saved["line"])
             report.resumed_at = saved["line"]
+        if state_path is not None:
+            state_path.parent.mkdir(parents=True, exist_ok=True)  # fail here, before any write
         reject_file = _RejectFile(rejects_path, keep=saved["rejects_size"] if saved else None)
         converter = RowConverter(mapping, source=src, region=region)
         batch = max(1, batch)
