@@ -188,6 +188,9 @@ def normalise_phone(raw: str, region: str = "US", *, field: str = "phone") -> Ph
         return PhoneNumber(fast, "", raw)
     if text[:4].lower() == "tel:":
         text = text[4:]
+    elif text[:4].lower() == "sip:" or text[:5].lower() == "sips:":
+        # A SIP URI as caller id: its user part (sip:+14155550123@pbx.example.com;user=phone).
+        text = text.partition(":")[2].partition("@")[0].partition(";")[0]
     number = _parse(text, region)
     if number is None:
         # "0044 20 ..." dialled from a region whose international prefix is not 00 (US: 011).

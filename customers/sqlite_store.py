@@ -1704,24 +1704,26 @@ class SQLiteStore(CustomerStore):
 
     def _set_values(self, conn: sqlite3.Connection, items: list[tuple[str, Value]]) -> int:
         with _transaction(conn):
-            self._check_exist(conn, [cid for cid, _ in items], "values")
-            self._upsert_values(conn, items)
+            live = self._live_ids(conn, [cid for cid, _ in items], "values")
+            self._upsert_values(conn, [(live[cid], value) for cid, value in items])
         return len(items)
 
     @staticmethod
-    def _check_exist(conn: sqlite3.Connection, customer_ids: Sequence[str], field: str) -> None:
-        """``NotFound`` naming the first unknown id (before any write, not as a foreign-key error)."""
+    def _live_ids(conn: sqlite3.Connection, customer_ids: Sequence[str], field: str) -> dict[str, str]:
+        """Each id's live customer (following a merge); ``NotFound`` naming the first unknown id,
+        before any write (not as a foreign-key error)."""
         wanted = list(dict.fromkeys(customer_ids))
+        live: dict[str, str] = {}
         for chunk in _chunks(wanted):
-            have = {
-                row[0]
-                for row in conn.execute(
-                    f"SELECT id FROM customers WHERE id IN ({_marks(len(chunk))})", tuple(chunk)
-                )
-            }
+            for cid, survivor in conn.execute(
+                f"SELECT id, coalesce(merged_into, id) FROM customers WHERE id IN ({_marks(len(chunk))})",
+                tuple(chunk),
+            ):
+                live[cid] = survivor
             for cid in chunk:
-                if cid not in have:
+                if cid not in live:
                     raise NotFound(f"{field}: customer {cid!r} not found")
+        return live
 
     async def set_segments(self, segment: str, customer_ids: Iterable[str], computed_at: float) -> int:
         if not isinstance(segment, str) or not segment.strip():
@@ -1731,9 +1733,9 @@ class SQLiteStore(CustomerStore):
     def _set_segments(
         self, conn: sqlite3.Connection, segment: str, customer_ids: list[str], computed_at: float
     ) -> int:
-        members = list(dict.fromkeys(customer_ids))
         with _transaction(conn):
-            self._check_exist(conn, members, "customer_ids")
+            live = self._live_ids(conn, customer_ids, "customer_ids")
+            members = list(dict.fromkeys(live[cid] for cid in customer_ids))
             conn.execute("DELETE FROM segment_members WHERE segment = ?", (segment,))
             conn.executemany(
                 "INSERT INTO segment_members (segment, customer_id, computed_at) VALUES (?, ?, ?)",

@@ -51,6 +51,12 @@ async def store(db_path: Path, clock: Clock) -> AsyncIterator[SQLiteStore]:
         yield opened
 
 
+def check_search_index(db_path: Path) -> None:
+    """FTS5's own check that the name index matches the customers table (rank 1: content too)."""
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("INSERT INTO customers_fts (customers_fts, rank) VALUES ('integrity-check', 1)")
+
+
 def count(db_path: Path, sql: str) -> int:
     with closing(sqlite3.connect(db_path)) as conn:
         return int(conn.execute(sql).fetchone()[0])
@@ -360,7 +366,7 @@ async def test_notes_pinned_first(store: SQLiteStore, clock: Clock) -> None:
 # --- profiles ------------------------------------------------------------------------------------
 
 
-async def test_update_customer_fields_and_attributes(store: SQLiteStore, clock: Clock) -> None:
+async def test_update_customer_fields_and_attributes(store: SQLiteStore, clock: Clock, db_path: Path) -> None:
     pat = await store.create_customer("Pat", attributes={"tier": "gold", "vip": True}, language="en")
     clock.now += 10
     updated = await store.update_customer(
@@ -369,6 +375,11 @@ async def test_update_customer_fields_and_attributes(store: SQLiteStore, clock: 
     assert updated.attributes == {"tier": "platinum"}
     assert (updated.company, updated.timezone, updated.language) == ("Acme", "Europe/Paris", "en")
     assert updated.updated_at == NOW + 10
+    assert [c.id for c in await store.search("acme")] == [pat.id]
+    renamed = await store.update_customer(pat.id, display_name="Patricia")
+    assert [c.id for c in await store.search("patricia")] == [renamed.id]
+    assert await store.search("pat") == [renamed]
+    check_search_index(db_path)
     with pytest.raises(InvalidInput) as caught:
         await store.update_customer(pat.id, timezone="Mars/Olympus")
     assert caught.value.field == "timezone"
@@ -533,6 +544,8 @@ async def test_batch_rejects_bad_rows_and_keeps_the_rest(store: SQLiteStore, db_
             )
         ]
     )
+    check_search_index(db_path)
+    assert [c.id for c in await store.search("singh")] == [more.updated[0]]
     uma = await store.get_customer(more.updated[0])
     assert uma.display_name == "Uma Singh" and uma.attributes == {"tier": "gold"}
     assert {i.kind for i in uma.identities} == {IdentityKind.PHONE, IdentityKind.EMAIL}
@@ -550,6 +563,8 @@ async def test_batch_repeated_key_within_one_batch(store: SQLiteStore, db_path: 
     assert ada.display_name == "Ada L."
     assert len(ada.identities) == 2
     assert count(db_path, "SELECT count(*) FROM customers") == 1
+    check_search_index(db_path)
+    assert [c.id for c in await store.search("ada")] == [ada.id]
 
 
 async def test_batch_reports_duplicates_within_the_batch_and_against_the_store(store: SQLiteStore) -> None:
@@ -671,6 +686,12 @@ async def test_facts_values_and_segments(store: SQLiteStore) -> None:
     assert await store.set_segments("loyal", [ids[1], ids[2], ids[2]], NOW) == 2  # replaces
     assert await store.segment_members("loyal") == sorted(ids[1:3])
     assert len(await store.segment_members("loyal", limit=1)) == 1
+    # Ids of merged profiles count for their survivor.
+    assert await store.set_segments("merged", [ids[6]], NOW) == 1
+    assert await store.segment_members("merged") == [ids[5]]
+    await store.set_values([(ids[6], Value(score=66.0))])
+    value = await store.value(ids[5])
+    assert value is not None and value.score == 66.0
     await store.set_segments("birthday-march", ids[:2], NOW)
     assert await store.segments_of(ids[1]) == ["birthday-march", "loyal"]
     assert await store.segments_of(ids[0]) == ["birthday-march"]
