@@ -91,6 +91,17 @@ def add_customer_commands(subparsers: argparse._SubParsersAction[argparse.Argume
     dup.add_argument("--json", action="store_true")
     dup.set_defaults(func=cmd_duplicates)
 
+    seg = sub.add_parser(
+        "segments",
+        help="score every customer (RFM or imported value) and recompute the segments, in bulk",
+        description="Reads the rules from customers.segments in the settings (config/segments.yaml); "
+        "stores each customer's value with its explanation and replaces each segment's members.",
+    )
+    seg.add_argument(
+        "--rules", type=Path, help="segments file (default: customers.segments from the settings)"
+    )
+    seg.set_defaults(func=cmd_segments)
+
 
 # --- plumbing --------------------------------------------------------------------------------------
 
@@ -516,6 +527,24 @@ async def _duplicates(store: CustomerStore, args: argparse.Namespace) -> int:
         print(f"{_identity_text(identity):<40} {held}")
     print(f"{len(found)} duplicate identities; `callbridge customers merge KEEP MERGE` joins two profiles")
     return EXIT_OK
+
+
+async def _segments(store: CustomerStore, settings: Settings, args: argparse.Namespace) -> int:
+    from customers.compute import compute_all
+    from customers.segments import SegmentConfigError, load_rules
+
+    try:
+        rules = load_rules(args.rules or settings.customers.segments)
+    except SegmentConfigError as exc:
+        print(f"callbridge customers segments: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = await compute_all(store, rules, time.time())
+    print(report.summary())
+    return EXIT_OK
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    return _run(args, lambda store, settings, database: _segments(store, settings, args))
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
