@@ -208,8 +208,27 @@ def _check_fields(fields: Mapping[str, object], where: str = "") -> dict[str, st
 
 
 def _plain_pair(item: object, region: str, source: str, now: float) -> IdentityRow | None:
-    """The row of a ``("phone", "+14155550123")`` or ``("email", "a@b.c")`` pair in a plain form,
-    or None for everything else (``identity_row`` then does the full job, errors included)."""
+    """The row of a ``("phone", "+14155550123")`` or ``("email", "a@b.c")`` pair, or of a phone
+    ``Identity`` (the importer's, already E.164), in a plain form; None for everything else
+    (``identity_row`` then does the full job, errors included)."""
+    if type(item) is Identity:
+        if item.kind is not IdentityKind.PHONE or type(item.value) is not str or type(item.label) is not str:
+            return None
+        e164 = fast_phone(item.value.strip(), region)
+        if e164 is None:
+            return None
+        return (
+            "phone",
+            "",
+            e164,
+            item.raw or item.value,
+            item.label.strip(),
+            item.extension,
+            int(bool(item.shared)),
+            int(bool(item.verified)),
+            item.source or source,
+            item.created_at or now,
+        )
     if type(item) is not tuple or len(item) != 2:
         return None
     kind, raw = item

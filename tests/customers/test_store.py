@@ -551,6 +551,25 @@ async def test_batch_rejects_bad_rows_and_keeps_the_rest(store: SQLiteStore, db_
     assert {i.kind for i in uma.identities} == {IdentityKind.PHONE, IdentityKind.EMAIL}
 
 
+async def test_batch_keeps_what_an_identity_says(store: SQLiteStore) -> None:
+    # The importer's phones come as Identity objects already in E.164, with the raw text beside.
+    given = Identity(
+        IdentityKind.PHONE, "+14155550123", raw="(415) 555-0123", label=" mobile ", shared=True, source="crm"
+    )
+    odd = Identity(IdentityKind.PHONE, "+1 415 555 0124 x9", verified=True)
+    result = await store.create_customers(
+        [NewCustomer("Ike", identities=(given, odd, ("email", "IKE@x.org")))]
+    )
+    ike = await store.get_customer(result.created[0])
+    assert {
+        i.value: (i.raw, i.label, i.extension, i.shared, i.verified, i.source) for i in ike.identities
+    } == {
+        "+14155550123": ("(415) 555-0123", "mobile", "", True, False, "crm"),
+        "+14155550124": ("+1 415 555 0124 x9", "", "9", False, True, ""),
+        "ike@x.org": ("IKE@x.org", "", "", False, False, ""),
+    }
+
+
 async def test_batch_repeated_key_within_one_batch(store: SQLiteStore, db_path: Path) -> None:
     result = await store.create_customers(
         [
