@@ -117,6 +117,20 @@ _FACTS_SQL = (
 )
 
 
+_LOOKUP_SQL = (
+    "SELECT i.customer_id, i.shared, i.label, i.verified, i.extension, c.created_at, "
+    "(SELECT at FROM interactions WHERE customer_id = i.customer_id ORDER BY at DESC, id DESC LIMIT 1), "
+    "(SELECT channel FROM interactions WHERE customer_id = i.customer_id ORDER BY at DESC, id DESC LIMIT 1), "
+    + ", ".join(f"c.{column}" for column in _CUSTOMER_COLUMNS.split(", "))
+    + ", "
+    + ", ".join(f"j.{column}" for column in _IDENTITY_COLUMNS.split(", "))
+    + " FROM identities AS i JOIN customers AS c ON c.id = i.customer_id "
+    "JOIN identities AS j ON j.customer_id = i.customer_id "
+    "WHERE i.kind = ? AND i.system = ? AND i.value = ? AND c.merged_into IS NULL "
+    "ORDER BY i.customer_id, j.created_at, j.kind, j.value"
+)
+
+
 class StorageError(CustomerError):
     """SQLite failed (disk full, locked past the busy timeout, corrupt file)."""
 
@@ -787,20 +801,20 @@ class SQLiteStore(CustomerStore):
     def _lookup(
         self, conn: sqlite3.Connection, identity: Identity, extension: str, now: float
     ) -> list[Candidate]:
-        with _transaction(conn, write=False):
-            rows = conn.execute(
-                "SELECT i.customer_id, i.shared, i.label, i.verified, i.extension, c.created_at, "
-                "(SELECT at FROM interactions WHERE customer_id = i.customer_id "
-                " ORDER BY at DESC, id DESC LIMIT 1), "
-                "(SELECT channel FROM interactions WHERE customer_id = i.customer_id "
-                " ORDER BY at DESC, id DESC LIMIT 1) "
-                "FROM identities AS i JOIN customers AS c ON c.id = i.customer_id "
-                "WHERE i.kind = ? AND i.system = ? AND i.value = ? AND c.merged_into IS NULL",
-                (identity.kind.value, identity.system, identity.value),
-            ).fetchall()
-            if not rows:
-                return []
-            customers = self._load_customers(conn, [row[0] for row in rows])
+        # One statement (one snapshot, no BEGIN/COMMIT round trips): every holder's row, its last
+        # contact and all its identities, one output row per identity of a holder.
+        holders: dict[str, tuple[Any, ...]] = {}
+        identities: dict[str, list[Identity]] = {}
+        for row in conn.execute(_LOOKUP_SQL, (identity.kind.value, identity.system, identity.value)):
+            cid = row[0]
+            if cid not in holders:
+                holders[cid] = row
+                identities[cid] = []
+            identities[cid].append(row_identity(row[20:]))
+        if not holders:
+            return []
+        customers = {cid: _customer(row[8:20], identities[cid]) for cid, row in holders.items()}
+        rows = [row[:8] for row in holders.values()]
         what = "number" if identity.kind is IdentityKind.PHONE else identity.kind.value
         exact = f"exact {identity.kind.value} {identity.value}"
         if identity.system:
