@@ -133,25 +133,28 @@ class AsteriskCTI:
             channels = await self.client.send_action("CoreShowChannels")
             queues = await self.client.send_action("QueueStatus")
         except AMIError as exc:
-            log.warning("resync after connect failed: %s; the link will be retried", exc)
-            self._held = None
+            # A dropped link clears the held events itself (Disconnected); an action that timed
+            # out on a live link must not lose the events held meanwhile.
+            log.warning("resync after connect failed: %s; going on with live events on the last state", exc)
+            self._release_held()
             return
         try:
             self._rebuild(session, channels.events, queues.events)
         except Exception:
-            log.exception("resync of the call model failed; applying live events on the last state")
-            held, self._held = self._held or [], None
-            for message in held:
-                self._apply(message)
+            log.exception("resync of the call model failed; going on with live events on the last state")
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held or [], None
+        for message in held:
+            self._apply(message)
 
     def _rebuild(self, session: int, channels: tuple[Message, ...], queues: tuple[Message, ...]) -> None:
         before = len(self.model.live_calls())
         changes = self.model.resync(list(channels), list(queues), self._clock())
         for change in changes:
             self._publish(change)
-        held, self._held = self._held or [], None
-        for message in held:
-            self._apply(message)
+        self._release_held()
         calls = len(self.model.live_calls())
         ended = sum(1 for c in changes if getattr(c, "change", "") == "ended")
         event = PBXResynced(
