@@ -25,10 +25,14 @@ Rule 3 (answer). A ringing pop becomes answered (``UpdatePop`` ``answered``) whe
 Rule 4 (ring ends). A ringing pop whose agent is neither ringing nor connected any more is
         retracted, with the first reason that holds:
         ``caller_hung_up``      the call ended, was abandoned (``QueueCallerAbandon``), its
-                                customer side has a leg that hung up, or, outside a queue, the
-                                dial was cancelled (``DialStatus`` CANCEL: ``Dial()`` cancels its
-                                rings only when the caller goes or another one answered, and
-                                the latter is checked first);
+                                customer side has a leg that hung up, or the dial was cancelled
+                                by the caller: outside a queue any ``DialStatus`` CANCEL
+                                (``Dial()`` cancels its rings only when the caller goes or
+                                another one answered, and the latter is checked first); in a
+                                queue a CANCEL that is new since the previous change, and the
+                                other rings of that same round (app_queue sends the caller's
+                                CANCELs before ``QueueCallerAbandon``, and a timed-out ring's
+                                CANCEL after its ``AgentRingNoAnswer``);
         ``answered_elsewhere``  the call is connected to another agent or destination, or
                                 another agent it rings has answered (ringall: the losers'
                                 ``DialEnd CANCEL`` comes before ``AgentConnect``, while the
@@ -137,6 +141,10 @@ class _CallPops:
     live: dict[str, _Pop] = field(default_factory=dict)
     """Live pops by agent id: one at most per agent (Rule 1)."""
     attempts: dict[str, int] = field(default_factory=dict)
+    dial_status: str | None = None
+    """The call's ``dial_status`` in the previous change seen: tells a fresh CANCEL from an old one."""
+    caller_cancelled: bool = False
+    """A ring of this call was cancelled by the caller; its other rings go with it (Rule 4)."""
 
 
 class PopTracker:
@@ -180,7 +188,7 @@ class PopTracker:
         retracts: list[PopCommand] = []
         updates: list[PopCommand] = []
         for agent_id, pop in list(record.live.items()):
-            reason = self._retract_reason(call, pop, connected_agent)
+            reason = _retract_reason(call, record, pop, connected_agent)
             if reason is not None:
                 self._drop(record, pop)
                 retracts.append(RetractPop(pop.pop_id, agent_id, reason))
@@ -218,6 +226,9 @@ class PopTracker:
             record.live[agent_id] = pop
             self._by_agent.setdefault(agent_id, {})[call.id] = None
             shows.append(ShowPop(pop.pop_id, agent_id, call.id, dict(pop.facts)))
+            # Somebody rings again: the caller is still there.
+            record.caller_cancelled = False
+        record.dial_status = call.dial_status
         if not record.live and not record.attempts:
             del self._calls[call.id]
         return retracts + updates + shows
@@ -245,25 +256,28 @@ class PopTracker:
             if not calls:
                 del self._by_agent[pop.agent_id]
 
-    def _retract_reason(self, call: Call, pop: _Pop, connected_agent: str | None) -> RetractReason | None:
-        agent_id = pop.agent_id
-        if pop.state is PopState.RINGING:
-            if agent_id == connected_agent:
-                return None
-            if agent_id in call.ringing_agents and call.state not in _CONNECTED:
-                return None
-            return _ring_end_reason(call, agent_id)
-        # Rule 5: an answered pop.
-        if _transferred_from(call, agent_id, pop.answered_at):
-            return RetractReason.TRANSFERRED_AWAY
+
+def _retract_reason(
+    call: Call, record: _CallPops, pop: _Pop, connected_agent: str | None
+) -> RetractReason | None:
+    agent_id = pop.agent_id
+    if pop.state is PopState.RINGING:
         if agent_id == connected_agent:
             return None
-        if call.state in (CallState.RINGING, CallState.QUEUED) or call.state in _CONNECTED:
-            return RetractReason.TRANSFERRED_AWAY
-        return RetractReason.CALL_ENDED
+        if agent_id in call.ringing_agents and call.state not in _CONNECTED:
+            return None
+        return _ring_end_reason(call, record, agent_id)
+    # Rule 5: an answered pop.
+    if _transferred_from(call, agent_id, pop.answered_at):
+        return RetractReason.TRANSFERRED_AWAY
+    if agent_id == connected_agent:
+        return None
+    if call.state in (CallState.RINGING, CallState.QUEUED) or call.state in _CONNECTED:
+        return RetractReason.TRANSFERRED_AWAY
+    return RetractReason.CALL_ENDED
 
 
-def _ring_end_reason(call: Call, agent_id: str) -> RetractReason:
+def _ring_end_reason(call: Call, record: _CallPops, agent_id: str) -> RetractReason:
     """Rule 4."""
     if call.abandoned or _customer_left(call):
         return RetractReason.CALLER_HUNG_UP
@@ -273,8 +287,15 @@ def _ring_end_reason(call: Call, agent_id: str) -> RetractReason:
     ringing.discard(agent_id)
     if any(leg.agent in ringing and leg.answered and not leg.ended for leg in call.legs):
         return RetractReason.ANSWERED_ELSEWHERE
-    if call.state is not CallState.QUEUED and call.dial_status == "CANCEL":
-        return RetractReason.CALLER_HUNG_UP
+    if call.dial_status == "CANCEL":
+        # app_queue: a ring that times out gets AgentRingNoAnswer first (its DialEnd CANCEL
+        # comes after and changes nothing here); a caller who hangs up cancels every ring with
+        # DialEnd CANCEL before QueueCallerAbandon. So in a queue (a position: still waiting)
+        # only a CANCEL new in this change, or one of the same cancelled round, is the caller's.
+        in_queue = call.queue_position is not None
+        if not in_queue or record.dial_status != "CANCEL" or record.caller_cancelled:
+            record.caller_cancelled = True
+            return RetractReason.CALLER_HUNG_UP
     return RetractReason.RING_NO_ANSWER
 
 

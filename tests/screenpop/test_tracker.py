@@ -392,6 +392,30 @@ def test_ringall_queue_nobody_answers() -> None:
     assert result.shows()[-1].pop_id == f"{L}:alice:2", "a new ring attempt, a new pop"
     assert [p.pop_id for p in result.tracker.live_pops("alice")] == [f"{L}:alice:2"]
     assert result.tracker.live_pops("bob") == []
+    # The call's DialStatus is still the CANCEL of the first round: a timeout is still a timeout.
+    no_answer = event("AgentRingNoAnswer", **channel(TRUNK), **channel(ALICE_AGAIN, "Dest"), Queue="sales")
+    assert [(type(c).__name__, str(getattr(c, "reason", ""))) for c in result.feed(no_answer, 20.0)] == [
+        ("RetractPop", "ring_no_answer")
+    ]
+
+
+@pytest.mark.parametrize("agents", [[ALICE], [ALICE, BOB]], ids=["one", "ringall"])
+def test_queue_caller_hangs_up_while_ringing(agents: list[str]) -> None:
+    """app_queue cancels the rings (``DialEnd CANCEL``) before it reports ``QueueCallerAbandon``,
+    and a trunk channel's ``Hangup`` comes last: the pops go at the first CANCEL."""
+    steps = [*start(queue="sales"), *(agent_called(a) for a in agents)]
+    steps += [dial(a, "DialEnd", "CANCEL") for a in agents]
+    steps += [
+        *(hangup(a) for a in (ALICE, BOB)),
+        event("QueueCallerAbandon", **channel(TRUNK), Queue="sales", HoldTime="3"),
+        hangup(TRUNK),
+    ]
+    result = run(steps)
+    retracts = [(t, c) for t, c in result.commands if isinstance(c, RetractPop)]
+    assert [str(c.reason) for _, c in retracts] == ["caller_hung_up"] * len(agents)
+    first_cancel = len(start(queue="sales")) + len(agents)
+    assert [t for t, _ in retracts] == [float(first_cancel + i) for i in range(len(agents))]
+    assert_forgotten(result)
 
 
 def test_dial_to_two_agents_answered_elsewhere_at_once() -> None:
