@@ -23,22 +23,20 @@ Rule 3 (answer). A ringing pop becomes answered (``UpdatePop`` ``answered``) whe
         connected (``CONNECTED`` or ``HELD``) to its agent; ``HELD`` and back update it
         (``held``, ``unheld``).
 Rule 4 (ring ends). A ringing pop whose agent is neither ringing nor connected any more is
-        retracted, with the first reason that holds:
-        ``caller_hung_up``      the call ended, was abandoned (``QueueCallerAbandon``), its
-                                customer side has a leg that hung up, or the dial was cancelled
-                                by the caller: outside a queue any ``DialStatus`` CANCEL
-                                (``Dial()`` cancels its rings only when the caller goes or
-                                another one answered, and the latter is checked first); in a
-                                queue a CANCEL that is new since the previous change, and the
-                                other rings of that same round (app_queue sends the caller's
-                                CANCELs before ``QueueCallerAbandon``, and a timed-out ring's
-                                CANCEL after its ``AgentRingNoAnswer``);
-        ``answered_elsewhere``  the call is connected to another agent or destination, or
-                                another agent it rings has answered (ringall: the losers'
-                                ``DialEnd CANCEL`` comes before ``AgentConnect``, while the
-                                winner's leg is already up);
-        ``ring_no_answer``      anything else (``AgentRingNoAnswer``, ``DialEnd`` NOANSWER or BUSY,
-                                the agent's leg hung up).
+        retracted; the reason is the first of these that holds:
+        1. ``caller_hung_up``: the call was abandoned (``QueueCallerAbandon``) or a leg of its
+           customer side hung up;
+        2. ``answered_elsewhere``: the call is connected to another agent or destination, or
+           another agent it rings has answered (ringall: the losers' ``DialEnd CANCEL`` comes
+           before ``AgentConnect``, while the winner's leg is already up);
+        3. ``caller_hung_up``: the ring was cancelled by the caller. Outside a queue that is any
+           ``DialStatus`` CANCEL (``Dial()`` cancels a ring only when the caller goes or another
+           destination answered: 2.). In a queue (the call still has a position), a timed-out
+           ring gets ``AgentRingNoAnswer`` before its CANCEL, and a caller who hangs up gets
+           every ring cancelled before ``QueueCallerAbandon``: so only a CANCEL new since the
+           previous change, or another ring ending in that same cancelled round, counts;
+        4. ``ring_no_answer``: anything else (``AgentRingNoAnswer``, ``DialEnd`` NOANSWER or
+           BUSY, the agent's leg hung up).
         A call that ends while the pop still rings gives ``caller_hung_up`` after a hangup,
         ``call_ended`` when a resync found the call gone.
 Rule 5 (answered pops). An answered pop stays live, updated, while the call is connected to its

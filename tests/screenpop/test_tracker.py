@@ -446,6 +446,16 @@ def test_dial_ring_ends(status: str, reason: str) -> None:
     assert result.flow("alice") == [("ShowPop", f"{L}:alice:1", ""), ("RetractPop", f"{L}:alice:1", reason)]
 
 
+def test_agent_leaves_the_customer_in_the_dialplan() -> None:
+    """alice hangs up first; the caller stays (a survey, say): her pop goes to wrap-up."""
+    result = run([*start(), dial(ALICE, "DialBegin"), dial(ALICE, "DialEnd", "ANSWER"), hangup(ALICE)])
+    assert result.flow("alice")[-1] == ("RetractPop", f"{L}:alice:1", "call_ended")
+    assert result.tracker.tracked_calls == 1, "the call is live: its attempt counters are kept"
+    result.feed(hangup(BOB), 10.0)
+    result.feed(hangup(TRUNK), 11.0)
+    assert result.tracker.tracked_calls == 0
+
+
 def test_caller_hangs_up_while_ringing() -> None:
     result = run([*start(), dial(ALICE, "DialBegin"), hangup(TRUNK), hangup(ALICE), hangup(BOB)])
     assert result.flow("alice")[-1] == ("RetractPop", f"{L}:alice:1", "caller_hung_up")
