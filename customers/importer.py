@@ -35,11 +35,15 @@ import dataclasses
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -1147,14 +1151,11 @@ class _Window:
     """The records between two checkpoints: one batch for the store plus the rows rejected on
     the way; committed, then written out, then checkpointed, in that order (rule 4)."""
 
-    customers: list[NewCustomer] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)
-    raws: list[str] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
     end_offset: int = 0
     end_line: int = 0
     last_row: int = 0
-    records: int = 0
 
 
 class _RejectFile:
@@ -1245,6 +1246,62 @@ def read_state(path: str | Path) -> dict[str, Any] | None:
     return data
 
 
+# --- converting in another process --------------------------------------------------------------
+
+_worker_converter: RowConverter | None = None
+
+
+def _start_worker(converter: RowConverter) -> None:
+    """A conversion process: the parent's signals are not its business (Ctrl-C reaches the whole
+    process group; the parent finishes its batch in flight, this process's work is discarded)."""
+    global _worker_converter
+    _worker_converter = converter
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Not the parent's pipes: whoever waits for the CLI's output must see it end with the CLI.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    # A parent killed outright (SIGKILL) cannot shut the pool down: leave with it.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="import-parent-watch", daemon=True).start()
+
+
+def _convert_in_worker(
+    records: list[Record], prepare: Callable[[Sequence[NewCustomer]], object]
+) -> tuple[list[str | None], object]:
+    assert _worker_converter is not None
+    return _convert_batch(_worker_converter, records, prepare)
+
+
+def _convert_batch(
+    converter: RowConverter, records: Sequence[Record], prepare: Callable[[Sequence[NewCustomer]], object]
+) -> tuple[list[str | None], object]:
+    """Each record's reject reason (None: it is in the batch), and the store's prepared batch."""
+    outcomes: list[str | None] = []
+    customers: list[NewCustomer] = []
+    for record in records:
+        result = converter.convert(record)
+        if isinstance(result, str):
+            outcomes.append(result)
+        else:
+            outcomes.append(None)
+            customers.append(result)
+    return outcomes, prepare(customers)
+
+
+WORKER_MIN_BYTES = 1 << 20
+"""Inputs from this size on are converted in a worker process (``workers=None``)."""
+
+
 async def import_file(
     store: CustomerStore,
     path: str | Path,
@@ -1261,6 +1318,7 @@ async def import_file(
     progress: Callable[[ImportProgress], None] | None = None,
     stop: asyncio.Event | None = None,
     keep_duplicates: int = 1000,
+    workers: int | None = None,
 ) -> ImportReport:
     """Import a CSV or JSON-lines file into ``store`` (the rules at the top of this module).
 
@@ -1270,6 +1328,8 @@ async def import_file(
     ``target`` names the database in the checkpoint, so a resume against another one is refused.
     ``stop``: when set, the import finishes the batch in flight, checkpoints and returns
     (``interrupted``). ``progress`` is called after every committed batch.
+    ``workers``: 1 converts the rows in another process (a core of its own) while this one
+    writes, 0 converts them here; None: 1 for inputs of ``WORKER_MIN_BYTES`` or more.
     """
     started = time.monotonic()
     path = Path(path)
@@ -1356,59 +1416,102 @@ async def import_file(
                 },
             )
 
-        async def flush(window: _Window) -> None:
+        async def flush(window: _Window, pending: asyncio.Future[tuple[list[str | None], object]]) -> None:
             """Commit the window's rows, then write its rejects, then checkpoint (rule 4)."""
-            window.end_offset, window.end_line = reader.offset, reader.line
-            if window.customers:
-                # One batch at a time: overlapping the next batch's reading with this one's SQL
-                # measured no faster (the store's thread needs the GIL back after every step).
-                result = await store.create_customers(window.customers)
+            outcomes, prepared = await pending
+            report.rows += len(window.records)
+            customer_rows: list[int] = []
+            customer_raws: list[str] = []
+            for record, outcome in zip(window.records, outcomes, strict=True):
+                if outcome is None:
+                    customer_rows.append(record.row)
+                    customer_raws.append(record.raw)
+                else:
+                    window.rejects.append((record.row, outcome, record.raw))
+                    report.rejected += 1
+            if customer_rows:
+                result = await store.create_prepared(prepared)
                 report.batches += 1
                 report.created += len(result.created)
                 report.updated += len(result.updated)
                 report.repeated += (
-                    len(window.customers) - len(result.rejected) - len(result.created) - len(result.updated)
+                    len(customer_rows) - len(result.rejected) - len(result.created) - len(result.updated)
                 )
                 for index, reason in result.rejected:
-                    window.rejects.append((window.rows[index], reason, window.raws[index]))
+                    window.rejects.append((customer_rows[index], reason, customer_raws[index]))
                 report.rejected += len(result.rejected)
                 for index, identity, holders in result.duplicates:
                     report.duplicates += 1
                     if len(report.duplicate_findings) < keep_duplicates:
                         report.duplicate_findings.append(
-                            DuplicateFinding(window.rows[index], identity, holders)
+                            DuplicateFinding(customer_rows[index], identity, holders)
                         )
             reject_file.write(sorted(window.rejects))
             reject_file.sync()
             save(window)
             if progress is not None:
-                progress(_progress(report, reader.offset, size, started))
+                progress(_progress(report, window.end_offset, size, started))
 
+        loop = asyncio.get_running_loop()
+        pool: ProcessPoolExecutor | None = None
+        if workers is None:
+            workers = 1 if size - reader.offset >= WORKER_MIN_BYTES else 0
+        if workers > 0:
+            # fork: the child has the modules and the converter already (no pickling, no start-up
+            # cost) and no job is running on the store's thread at this point.
+            pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_start_worker,
+                initargs=(converter,),
+            )
+
+        def convert(window: _Window) -> asyncio.Future[tuple[list[str | None], object]]:
+            """The window's records converted and prepared for the store: in the worker while
+            this process commits the previous batch, or here."""
+            window.end_offset, window.end_line = reader.offset, reader.line
+            prepare = store.batch_preparer()
+            if pool is None:
+                done = loop.create_future()
+                done.set_result(_convert_batch(converter, window.records, prepare))
+                return done
+            light = [dataclasses.replace(record, raw="") for record in window.records]
+            return asyncio.wrap_future(pool.submit(_convert_in_worker, light, prepare))
+
+        in_flight: tuple[_Window, asyncio.Future[tuple[list[str | None], object]]] | None = None
         window = _Window()
         try:
             for record in reader:
-                report.rows += 1
-                result = converter.convert(record)
-                if isinstance(result, str):
-                    window.rejects.append((record.row, result, record.raw))
-                    report.rejected += 1
-                else:
-                    window.customers.append(result)
-                    window.rows.append(record.row)
-                    window.raws.append(record.raw)
-                window.records += 1
+                window.records.append(record)
                 window.last_row = record.row
-                if window.records >= batch:
-                    await flush(window)
-                    window = _Window()
-                    if stop is not None and stop.is_set():
-                        report.interrupted = True
-                        break
+                if len(window.records) >= batch:
+                    # Read ahead: this window converts while the one before commits.
+                    pending = convert(window)
+                    if in_flight is not None:
+                        await flush(*in_flight)
+                        if stop is not None and stop.is_set():
+                            in_flight = None
+                            pending.cancel()
+                            report.interrupted = True
+                            break
+                    in_flight, window = (window, pending), _Window()
             else:
-                await flush(window)
-                report.complete = True
-                save(_Window(end_offset=reader.offset, end_line=reader.line), complete=True)
+                stopped = False
+                if in_flight is not None:
+                    await flush(*in_flight)
+                    in_flight = None
+                    stopped = stop is not None and stop.is_set()
+                if stopped:
+                    report.interrupted = True
+                else:
+                    await flush(window, convert(window))
+                    report.complete = True
+                    save(_Window(end_offset=reader.offset, end_line=reader.line), complete=True)
         finally:
+            if in_flight is not None:
+                in_flight[1].cancel()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             reject_file.close()
     report.elapsed = time.monotonic() - started
     return report

@@ -21,6 +21,7 @@ How it runs:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -404,6 +405,91 @@ _IDENTITY_INSERT = (
 )
 
 
+def _identity_rows(
+    identities: Iterable[Identity | tuple[IdentityKind | str, str]], region: str, *, source: str, now: float
+) -> list[tuple[str, IdentityRow]]:
+    """Normalised identity rows with their field names (``identities[2]``), without repeats."""
+    if type(identities) in (str, bytes, dict):
+        raise InvalidInput("identities", "expected a list of identities")
+    seen: set[tuple[str, str, str]] = set()
+    rows: list[tuple[str, IdentityRow]] = []
+    for index, item in enumerate(identities):
+        row = _plain_pair(item, region, source, now)  # the importer's common case, inlined
+        if row is None:
+            row = identity_row(
+                item, region=region, field=f"identities[{index}]", source=source, created_at=now
+            )
+        key = row[:3]
+        if key not in seen:
+            seen.add(key)
+            rows.append((f"identities[{index}]", row))
+    return rows
+
+
+def _check_row(index: int, item: NewCustomer, now: float, region: str) -> _Row:
+    if not isinstance(item, NewCustomer):
+        raise InvalidInput("row", f"expected a NewCustomer, got {type(item).__name__}")
+    fields = _check_fields(item.fields)
+    name = item.display_name.strip() if isinstance(item.display_name, str) else ""
+    if not name:
+        # A row from a CRM export may have only the parts of the name.
+        name = " ".join(p for p in (fields.get("given_name"), fields.get("family_name")) if p)
+    name = _check_field("display_name", name)
+    score = item.value
+    if score is not None and (not isinstance(score, int | float) or not 0 <= score <= 100):
+        raise InvalidInput("value", f"expected a score 0..100, got {score!r}")
+    key = item.key.strip() if isinstance(item.key, str) and item.key.strip() else None
+    source = item.source if isinstance(item.source, str) else ""
+    identity_rows = [row for _, row in _identity_rows(item.identities, region, source=source, now=now)]
+    attributes = _dumps(item.attributes, "attributes") if item.attributes else "{}"
+    value: tuple[Any, ...] | None = None
+    if score is not None:
+        origin = source if source.startswith("import") else f"import:{source or 'batch'}"
+        value = (float(score), None, 0, 0.0, origin, f"imported score {score:g}", now)
+    update = {"display_name": name}
+    update.update((field, text) for field, text in fields.items() if text)
+    return _Row(
+        index=index,
+        key=key,
+        customer_id="",
+        insert=(
+            name,
+            *[fields.get(field, "") for field in FIELDS],
+            attributes,
+            source,
+            key,
+            now,
+            now,
+        ),
+        update=update,
+        attributes=attributes,
+        identity_rows=identity_rows,
+        value=value,
+    )
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A batch ``_prepare`` checked (possibly in another process): ``create_prepared`` only adds
+    ids and runs the SQL."""
+
+    rows: list[_Row]
+    rejected: list[tuple[int, str]]
+    now: float
+
+
+def _prepare(region: str, now: float, batch: Sequence[NewCustomer]) -> _Prepared:
+    """``SQLiteStore.batch_preparer``'s work: every row checked and its SQL parameters built."""
+    rows: list[_Row] = []
+    rejected: list[tuple[int, str]] = []
+    for index, item in enumerate(batch):
+        try:
+            rows.append(_check_row(index, item, now, region))
+        except CustomerError as exc:
+            rejected.append((index, str(exc)))
+    return _Prepared(rows, rejected, now)
+
+
 class SQLiteStore(CustomerStore):
     """The customer store on one SQLite file (or ``":memory:"``).
 
@@ -599,23 +685,7 @@ class SQLiteStore(CustomerStore):
     def _identity_rows(
         self, identities: Iterable[Identity | tuple[IdentityKind | str, str]], *, source: str, now: float
     ) -> list[tuple[str, IdentityRow]]:
-        """Normalised identity rows with their field names (``identities[2]``), without repeats."""
-        if type(identities) in (str, bytes, dict):
-            raise InvalidInput("identities", "expected a list of identities")
-        region = self.default_region
-        seen: set[tuple[str, str, str]] = set()
-        rows: list[tuple[str, IdentityRow]] = []
-        for index, item in enumerate(identities):
-            row = _plain_pair(item, region, source, now)  # the importer's common case, inlined
-            if row is None:
-                row = identity_row(
-                    item, region=region, field=f"identities[{index}]", source=source, created_at=now
-                )
-            key = row[:3]
-            if key not in seen:
-                seen.add(key)
-                rows.append((f"identities[{index}]", row))
-        return rows
+        return _identity_rows(identities, self.default_region, source=source, now=now)
 
     def _create_customer(
         self,
@@ -1060,67 +1130,35 @@ class SQLiteStore(CustomerStore):
 
     async def create_customers(self, batch: Sequence[NewCustomer]) -> BatchResult:
         now = self.clock()
-        rows: list[_Row] = []
-        rejected: list[tuple[int, str]] = []
+        prepared = _Prepared([], [], now)
         for index, item in enumerate(batch):
             try:
-                rows.append(self._check_row(index, item, now))
+                prepared.rows.append(_check_row(index, item, now, self.default_region))
             except CustomerError as exc:
-                rejected.append((index, str(exc)))
+                prepared.rejected.append((index, str(exc)))
             if index % 256 == 255:
                 # ~25 us a row: let pops and the bus through between slices of a large batch.
                 await asyncio.sleep(0)
+        return await self.create_prepared(prepared)
+
+    def batch_preparer(self) -> Callable[[Sequence[NewCustomer]], object]:
+        return functools.partial(_prepare, self.default_region, self.clock())
+
+    async def create_prepared(self, prepared: object) -> BatchResult:
+        if not isinstance(prepared, _Prepared):
+            # What the base class's default preparer returns: the batch itself.
+            return await self.create_customers(cast("Sequence[NewCustomer]", prepared))
+        rows, rejected = prepared.rows, prepared.rejected
         for row, cid in zip(rows, self._new_ids(len(rows)), strict=True):
             row.customer_id = cid
         if not rows:
             return BatchResult(rejected=tuple(rejected))
-        result = await self._run(self._create_customers, rows, now)
+        result = await self._run(self._create_customers, rows, prepared.now)
         return BatchResult(
             created=result.created,
             updated=result.updated,
             rejected=tuple(sorted(rejected + list(result.rejected))),
             duplicates=result.duplicates,
-        )
-
-    def _check_row(self, index: int, item: NewCustomer, now: float) -> _Row:
-        if not isinstance(item, NewCustomer):
-            raise InvalidInput("row", f"expected a NewCustomer, got {type(item).__name__}")
-        fields = _check_fields(item.fields)
-        name = item.display_name.strip() if isinstance(item.display_name, str) else ""
-        if not name:
-            # A row from a CRM export may have only the parts of the name.
-            name = " ".join(p for p in (fields.get("given_name"), fields.get("family_name")) if p)
-        name = _check_field("display_name", name)
-        score = item.value
-        if score is not None and (not isinstance(score, int | float) or not 0 <= score <= 100):
-            raise InvalidInput("value", f"expected a score 0..100, got {score!r}")
-        key = item.key.strip() if isinstance(item.key, str) and item.key.strip() else None
-        source = item.source if isinstance(item.source, str) else ""
-        identity_rows = [row for _, row in self._identity_rows(item.identities, source=source, now=now)]
-        attributes = _dumps(item.attributes, "attributes") if item.attributes else "{}"
-        value: tuple[Any, ...] | None = None
-        if score is not None:
-            origin = source if source.startswith("import") else f"import:{source or 'batch'}"
-            value = (float(score), None, 0, 0.0, origin, f"imported score {score:g}", now)
-        update = {"display_name": name}
-        update.update((field, text) for field, text in fields.items() if text)
-        return _Row(
-            index=index,
-            key=key,
-            customer_id="",
-            insert=(
-                name,
-                *[fields.get(field, "") for field in FIELDS],
-                attributes,
-                source,
-                key,
-                now,
-                now,
-            ),
-            update=update,
-            attributes=attributes,
-            identity_rows=identity_rows,
-            value=value,
         )
 
     def _create_customers(self, conn: sqlite3.Connection, rows: list[_Row], now: float) -> BatchResult:

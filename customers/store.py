@@ -11,8 +11,8 @@ a message that says what and where; a failed write changes nothing (one transact
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 from customers.model import (
     BatchResult,
@@ -105,6 +105,17 @@ class CustomerStore(abc.ABC):
         Invalid rows are rejected with their index and reason and the others kept; a row whose
         ``key`` exists updates that profile, so re-running an import is idempotent. Identities
         already held by another customer are stored and reported as duplicates."""
+
+    def batch_preparer(self) -> Callable[[Sequence[NewCustomer]], object]:
+        """A picklable function doing the checking and preparing part of ``create_customers``
+        (CPU only, no I/O), so an importer can run it in another process and hand its result to
+        ``create_prepared``. Ask for one per batch: it carries the batch's time stamp. The default
+        prepares nothing."""
+        return _unprepared
+
+    async def create_prepared(self, prepared: object) -> BatchResult:
+        """Store what ``batch_preparer()`` returned, as ``create_customers`` stores its batch."""
+        return await self.create_customers(cast("Sequence[NewCustomer]", prepared))
 
     @abc.abstractmethod
     async def get_customer(self, customer_id: str) -> Customer:
@@ -269,3 +280,7 @@ class CustomerStore(abc.ABC):
     @abc.abstractmethod
     async def profile(self, customer_id: str, *, per_channel: int = 3, notes: int = 5) -> Profile:
         """Everything a screen-pop shows, in one read transaction."""
+
+
+def _unprepared(batch: Sequence[NewCustomer]) -> object:
+    return batch

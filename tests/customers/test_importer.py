@@ -405,3 +405,55 @@ def test_the_phone_short_cut_agrees_with_the_store_reading() -> None:
                 # Refused here, read by the store: only numbers without an area code.
                 assert mine is not None and "no area code" in mine, (region, raw, theirs)
     assert compared > 2000
+
+
+@pytest.mark.parametrize("batch", [2, 3, 100])
+async def test_converting_in_a_worker_process_stores_and_rejects_the_same(tmp_path: Path, batch: int) -> None:
+    long_name = "x" * 1200  # refused by the store, not by the converter
+    text = CSV_WITH_BAD_ROWS + f"12,{long_name},,,,,,,\n13,Ada,Again,,(415) 555-0101,,,,\n"
+    mapping = dataclasses.replace(load_mapping(write(tmp_path / "mapping.yaml", MAPPING)), max_record_lines=3)
+    results = []
+    for workers in (0, 1):
+        source = write(tmp_path / f"crm{workers}.csv", text)
+        async with SQLiteStore(tmp_path / f"customers{workers}.db") as store:
+            report = await import_file(store, source, mapping, batch=batch, source="crm", workers=workers)
+            ada = await store.lookup_phone("+14155550101")
+            results.append(
+                (
+                    report.counts(),
+                    report.last_row,
+                    [(f.row, f.identity.value) for f in report.duplicate_findings],
+                    rejects_of(default_rejects_path(source)),
+                    read_state(default_state_path(source)) is not None,
+                    sorted(c.customer.display_name for c in ada),
+                )
+            )
+    assert results[0] == results[1]
+    counts, last_row, duplicates, rejects, _, ada_names = results[1]
+    assert (counts["rows"], counts["rejected"], last_row) == (13, 8, 15)
+    assert duplicates == [(15, "+14155550101")] and ada_names == ["Ada Again", "Ada Lovelace"]
+    assert [int(r["row"]) for r in rejects] == [3, 4, 5, 6, 9, 10, 12, 14]
+
+
+async def test_stop_with_a_worker_process_checkpoints_only_committed_batches(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    rows = ["id,name,phone"] + [f"{i},Person {i},415555{i:04d}" for i in range(1, 501)]
+    rows[400] = "400,,4155550400"  # read ahead of the stop: rejected by the resume only
+    source = write(tmp_path / "big.csv", "\n".join(rows) + "\n")
+    stop = asyncio.Event()
+
+    def progress(p: ImportProgress) -> None:
+        if p.rows >= 200:
+            stop.set()
+
+    first = await import_file(store, source, None, batch=50, progress=progress, stop=stop, workers=1)
+
+    assert first.interrupted and first.rows == 200 and first.last_row == 201
+    assert await key_holder(store, "big:200") is not None
+    assert await key_holder(store, "big:201") is None  # converted ahead, never stored
+    assert not default_rejects_path(source).exists()
+    second = await import_file(store, source, None, batch=50, resume=True, workers=1)
+    totals = second.totals()
+    assert second.complete and (totals["rows"], totals["created"], totals["rejected"]) == (500, 499, 1)
+    assert [r["row"] for r in rejects_of(default_rejects_path(source))] == ["401"]
