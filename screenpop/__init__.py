@@ -2,8 +2,11 @@
 
 ``PopTracker`` (``screenpop.tracker``) is the pure core: ``CallChanged`` in, ``ShowPop`` /
 ``UpdatePop`` / ``RetractPop`` out; its rules are written at the top of that module.
+``PopAssembler`` (``screenpop.assembly``) turns a ``ShowPop`` into the payload the agent sees:
+the call facts and the customer (or candidates) behind the number.
 """
 
+from screenpop.assembly import PopAssembler, payload_json
 from screenpop.tracker import (
     Facts,
     PopCommand,
@@ -18,6 +21,7 @@ from screenpop.tracker import (
 
 __all__ = [
     "Facts",
+    "PopAssembler",
     "PopCommand",
     "PopState",
     "PopTracker",
@@ -26,4 +30,5 @@ __all__ = [
     "ShowPop",
     "UpdatePop",
     "UpdateReason",
+    "payload_json",
 ]

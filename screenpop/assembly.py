@@ -1,0 +1,337 @@
+"""What a pop shows: the call facts of a ``ShowPop`` and the customer they resolve to.
+
+``PopAssembler(store).assemble(show)`` returns the pop payload, a JSON-able dict (``payload_json``
+encodes it for the WebSocket). It reads the customer store only through ``CustomerStore``: one
+lookup, then one ``profile`` read for the customer it shows.
+
+Rules:
+
+Rule 1 (who to look up). Outbound: the ``CUSTOMER_ID`` channel variable first (the dialer's
+        lead: ``get_customer``, which follows a merge to the survivor); when the call has none,
+        or the store has no such customer, the remote (dialled) number. Inbound
+        and internal: the caller number. A caller id that names nobody (``anonymous``,
+        ``<unknown>``, empty, ...: ``customers.identities.is_anonymous``) is ``withheld`` and
+        the store is not asked; a number the store cannot read as a phone number is
+        ``unknown`` without a lookup either.
+Rule 2 (match). ``unique``: one candidate (or the lead). ``ranked``: several, and the first
+        scores at least ``CLEAR_LEAD`` points above the second. The store's scores start at
+        100 and move by rules (a number marked shared -30, on several profiles -10, a personal
+        label +5, a switchboard label -5, verified +2, a matching extension +3) with recency
+        adding at most 1 as a tie-break: a lead of 10 needs a real difference (the caller's own
+        number against a shared one, a mobile against a switchboard), never recency or a
+        verification alone. ``ambiguous``: several and no clear first; the agent picks.
+        ``unknown``: nobody holds the number. ``withheld``: no number to look up.
+Rule 3 (payload). ``customer`` is the full profile of the first candidate for ``unique`` and
+        ``ranked``, else ``null``. ``candidates`` lists at most ``max_candidates`` (id, display
+        name, score, reasons), best first, for every match; ``candidates_total`` counts them all.
+        ``unknown`` and ``withheld`` pops carry ``actions``: ``create_customer`` (the number
+        and caller name prefilled when there are any) and, with a number, ``link_number`` (add
+        it to a customer the agent finds).
+Rule 4 (failure). A store failure never loses the pop: the payload keeps the call facts, has
+        ``customer: null`` and ``error: {code, message}``, and the failure is logged with the
+        call and the pop. ``match`` is ``null`` when the lookup itself failed, and what the
+        lookup found when only the profile read failed (the candidates stay). No ``actions``
+        then: offering to create a customer who may exist makes duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from customers.identities import is_anonymous
+from customers.model import (
+    Candidate,
+    Consent,
+    Customer,
+    DoNotCall,
+    Identity,
+    Interaction,
+    Note,
+    Profile,
+    Value,
+)
+from customers.store import CustomerError, CustomerStore, InvalidInput, NotFound
+from screenpop.tracker import ShowPop
+
+__all__ = ["CLEAR_LEAD", "PopAssembler", "payload_json"]
+
+log = logging.getLogger(__name__)
+
+CLEAR_LEAD: Final = 10.0
+"""Points the first candidate must score above the second to be shown without asking (Rule 2)."""
+
+_CUSTOMERS_API: Final = "/api/customers"
+
+
+def payload_json(payload: Mapping[str, Any]) -> str:
+    """The payload as compact JSON, non-ASCII kept (``Müller``, not ``M\\u00fcller``).
+
+    Raises ``ValueError`` on NaN or infinity rather than send what ``JSON.parse`` rejects.
+    """
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class PopAssembler:
+    """Builds the payload of each ``ShowPop`` from the call facts and the customer store."""
+
+    def __init__(self, store: CustomerStore, *, per_channel: int = 3, max_candidates: int = 5) -> None:
+        if per_channel < 1:
+            raise ValueError(f"per_channel: expected at least 1, got {per_channel}")
+        if max_candidates < 1:
+            raise ValueError(f"max_candidates: expected at least 1, got {max_candidates}")
+        self.store = store
+        self.per_channel = per_channel
+        self.max_candidates = max_candidates
+
+    async def assemble(self, show: ShowPop) -> dict[str, Any]:
+        """The pop payload for ``show`` (see the module's rules)."""
+        facts = show.facts
+        payload: dict[str, Any] = {
+            "pop_id": show.pop_id,
+            "agent_id": show.agent_id,
+            "call_id": show.call_id,
+            "call": dict(facts),
+            "campaign": _campaign(facts),
+            "lookup": None,
+            "match": None,
+            "customer": None,
+            "candidates": [],
+            "candidates_total": 0,
+        }
+        outbound = facts.get("direction") == "outbound"
+        lead = _text(facts.get("customer_id")) if outbound else None
+        number = _text(facts.get("remote_num") if outbound else facts.get("caller_num"))
+        try:
+            candidates = await self._candidates(payload, lead, number)
+        except Exception as exc:
+            _failed(payload, show, "lookup", exc)
+            return payload
+        if candidates is None:
+            payload["match"] = "withheld"
+            payload["actions"] = _actions(None, _caller_name(facts))
+            return payload
+        payload["candidates"] = [_candidate(c) for c in candidates[: self.max_candidates]]
+        payload["candidates_total"] = len(candidates)
+        match = _match(candidates)
+        payload["match"] = match
+        if match == "unknown":
+            payload["actions"] = _actions(payload["lookup"], _caller_name(facts))
+            return payload
+        if match == "ambiguous":
+            return payload
+        try:
+            profile = await self.store.profile(candidates[0].customer.id, per_channel=self.per_channel)
+        except Exception as exc:
+            _failed(payload, show, "profile", exc)
+            return payload
+        payload["customer"] = _profile(profile)
+        return payload
+
+    async def _candidates(
+        self, payload: dict[str, Any], lead: str | None, number: str | None
+    ) -> list[Candidate] | None:
+        """Rule 1. ``None``: withheld, nobody to look up. Sets ``payload["lookup"]``."""
+        if lead is not None:
+            payload["lookup"] = {"by": "customer_id", "value": lead}
+            try:
+                customer = await self.store.get_customer(lead)
+            except (NotFound, InvalidInput):
+                log.info("pop lead %s not in the customer store; looking up the number", lead)
+            else:
+                reasons = [f"campaign lead {lead}"]
+                if customer.id != lead:
+                    reasons.append(f"merged into {customer.id}")
+                return [Candidate(customer=customer, score=100.0, reasons=tuple(reasons))]
+        if number is None or is_anonymous(number):
+            payload["lookup"] = None
+            return None
+        payload["lookup"] = {"by": "phone", "value": number}
+        try:
+            return await self.store.lookup_phone(number)
+        except InvalidInput:
+            # Not a phone number (an internal extension, a SIP user name): nobody to find by it.
+            payload["lookup"]["valid"] = False
+            return []
+
+
+def _failed(payload: dict[str, Any], show: ShowPop, step: str, exc: Exception) -> None:
+    """Rule 4: keep the pop, say what failed, log the details (never sent to the page)."""
+    code = exc.code if isinstance(exc, CustomerError) else "internal-error"
+    log.error(
+        "pop %s: customer %s failed (%s) call_id=%s agent_id=%s",
+        show.pop_id,
+        step,
+        code,
+        show.call_id,
+        show.agent_id,
+        exc_info=exc,
+    )
+    payload["customer"] = None
+    payload["error"] = {"code": code, "message": f"the customer {step} failed; the call details are shown"}
+
+
+def _match(candidates: Sequence[Candidate]) -> str:
+    """Rule 2."""
+    if not candidates:
+        return "unknown"
+    if len(candidates) == 1:
+        return "unique"
+    if candidates[0].score - candidates[1].score >= CLEAR_LEAD:
+        return "ranked"
+    return "ambiguous"
+
+
+def _actions(lookup: Mapping[str, Any] | None, caller_name: str | None) -> list[dict[str, Any]]:
+    """Rule 3: what an unknown or withheld caller's pop may offer. ``href``/``method`` are the
+    customer REST API's (docs/api.md); ``{customer_id}`` is the customer the agent picks."""
+    number = None
+    if lookup is not None and lookup.get("by") == "phone" and lookup.get("valid", True):
+        number = str(lookup["value"])
+    prefill: dict[str, Any] = {}
+    if caller_name is not None:
+        prefill["display_name"] = caller_name
+    if number is not None:
+        prefill["identities"] = [{"kind": "phone", "value": number, "label": ""}]
+    actions: list[dict[str, Any]] = [
+        {"action": "create_customer", "method": "POST", "href": _CUSTOMERS_API, "prefill": prefill}
+    ]
+    if number is not None:
+        actions.append(
+            {
+                "action": "link_number",
+                "method": "POST",
+                "href": _CUSTOMERS_API + "/{customer_id}/identities",
+                "search": _CUSTOMERS_API + "?q=",
+                "body": {"kind": "phone", "value": number},
+            }
+        )
+    return actions
+
+
+def _text(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value.strip() or None
+
+
+def _caller_name(facts: Mapping[str, Any]) -> str | None:
+    """The caller's name when it names somebody (not ``<unknown>``, not the number again)."""
+    key = "remote_name" if facts.get("direction") == "outbound" else "caller_name"
+    name = _text(facts.get(key))
+    if name is None or is_anonymous(name) or name == _text(facts.get("caller_num")):
+        return None
+    return name
+
+
+def _campaign(facts: Mapping[str, Any]) -> dict[str, Any] | None:
+    campaign, lead = _text(facts.get("campaign_id")), _text(facts.get("customer_id"))
+    if campaign is None and (lead is None or facts.get("direction") != "outbound"):
+        return None
+    return {"campaign_id": campaign, "lead": lead}
+
+
+# --- serialisation: plain values, enums by value ------------------------------------------------
+
+
+def _candidate(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "id": candidate.customer.id,
+        "display_name": candidate.customer.display_name,
+        "score": candidate.score,
+        "reasons": list(candidate.reasons),
+    }
+
+
+def _profile(profile: Profile) -> dict[str, Any]:
+    return {
+        **_customer(profile.customer),
+        "identities": [_identity(identity) for identity in profile.customer.identities],
+        "latest": {
+            channel: [_interaction(item) for item in items] for channel, items in profile.latest.items()
+        },
+        "notes": [_note(note) for note in profile.notes],
+        "consent": _consent(profile.consent),
+        "value": _value(profile.value),
+        "segments": list(profile.segments),
+    }
+
+
+def _customer(customer: Customer) -> dict[str, Any]:
+    return {
+        "id": customer.id,
+        "display_name": customer.display_name,
+        "given_name": customer.given_name,
+        "family_name": customer.family_name,
+        "company": customer.company,
+        "language": customer.language,
+        "timezone": customer.timezone,
+        "birthday": customer.birthday,
+        "attributes": dict(customer.attributes),
+        "created_at": customer.created_at,
+        "updated_at": customer.updated_at,
+    }
+
+
+def _identity(identity: Identity) -> dict[str, Any]:
+    return {
+        "kind": identity.kind.value,
+        "value": identity.value,
+        "system": identity.system,
+        "raw": identity.raw,
+        "label": identity.label,
+        "extension": identity.extension,
+        "shared": identity.shared,
+        "verified": identity.verified,
+    }
+
+
+def _interaction(item: Interaction) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "channel": item.channel.value,
+        "at": item.at,
+        "direction": item.direction,
+        "summary": item.summary,
+        "data": dict(item.data),
+    }
+
+
+def _note(note: Note) -> dict[str, Any]:
+    return {"id": note.id, "at": note.at, "author": note.author, "text": note.text, "pinned": note.pinned}
+
+
+def _dnc(entry: DoNotCall) -> dict[str, Any]:
+    return {
+        "scope": entry.scope.value,
+        "target": entry.target,
+        "source": entry.source,
+        "at": entry.at,
+        "until": entry.until,
+        "reason": entry.reason,
+    }
+
+
+def _consent(consent: Consent) -> dict[str, Any]:
+    return {
+        "channels": dict(consent.channels),
+        "quiet_hours": list(consent.quiet_hours) if consent.quiet_hours is not None else None,
+        "do_not_call": [_dnc(entry) for entry in consent.do_not_call],
+        "updated_at": consent.updated_at,
+    }
+
+
+def _value(value: Value | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {
+        "score": value.score,
+        "recency_days": value.recency_days,
+        "frequency": value.frequency,
+        "monetary": value.monetary,
+        "source": value.source,
+        "explanation": value.explanation,
+        "computed_at": value.computed_at,
+    }
