@@ -7,6 +7,8 @@ the call facts and the customer (or candidates) behind the number.
 """
 
 from screenpop.assembly import PopAssembler, payload_json
+from screenpop.hub import LatencyStats, PopHub, hub_routes
+from screenpop.sessions import AgentAccount, SessionStore, hash_password, verify_password
 from screenpop.tracker import (
     Facts,
     PopCommand,
@@ -20,6 +22,13 @@ from screenpop.tracker import (
 )
 
 __all__ = [
+    "AgentAccount",
+    "LatencyStats",
+    "PopHub",
+    "SessionStore",
+    "hash_password",
+    "hub_routes",
+    "verify_password",
     "Facts",
     "PopAssembler",
     "PopCommand",
