@@ -80,7 +80,7 @@ class Connection:
         agent_id: str,
         token: str,
         ws: web.WebSocketResponse,
-        transport: asyncio.BaseTransport | None,
+        transport: asyncio.Transport | None,
     ) -> None:
         self.agent_id = agent_id
         self.token = token
@@ -107,7 +107,13 @@ class Connection:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                await self.ws.send_str(self._queue.popleft())
+                try:
+                    await self.ws.send_str(self._queue.popleft())
+                except ConnectionError:
+                    # The peer is gone; the handler's receive loop sees it too and cleans up.
+                    logger.debug("agent socket lost while sending", extra={"agent_id": self.agent_id})
+                    self._queue.clear()
+                    return
 
     def close(self, code: int, reason: str, timeout: float) -> None:
         """Stop sending and close the socket with ``code`` (idempotent; the closing is a task)."""
@@ -128,7 +134,7 @@ class Connection:
         except TimeoutError:
             # The peer reads nothing, not even our close frame: let the connection go.
             if self._transport is not None:
-                self._transport.abort()  # type: ignore[attr-defined]
+                self._transport.abort()
 
     async def wait_closed(self) -> None:
         """Stop the writer and wait for a closing started by ``close``; called by the handler."""
