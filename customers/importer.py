@@ -30,8 +30,10 @@ Rule 5. A record that cannot be parsed (bad CSV quoting, a line that is not a JS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
+import gc
 import hashlib
 import io
 import json
@@ -1259,6 +1261,10 @@ def _start_worker(converter: RowConverter) -> None:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Converting makes no reference cycles worth collecting; the collector's passes over the
+    # modules' objects were ~15% of this process's time.
+    gc.freeze()
+    gc.disable()
     # Not the parent's pipes: whoever waits for the CLI's output must see it end with the CLI.
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -1397,24 +1403,38 @@ async def import_file(
         converter = RowConverter(mapping, source=src, region=region)
         batch = max(1, batch)
 
-        def save(window: _Window, *, complete: bool = False) -> None:
+        def state_of(window: _Window, *, complete: bool = False) -> dict[str, Any] | None:
             report.last_row = window.last_row or report.last_row
             if state_path is None:
-                return
-            totals = report.totals()
-            _write_json_atomically(
-                state_path,
-                checkpoint
-                | {
-                    "offset": window.end_offset,
-                    "line": window.end_line,
-                    "last_row": report.last_row,
-                    "rejects_size": reject_file.size,
-                    "counts": totals,
-                    "complete": complete,
-                    "updated_at": time.time(),
-                },
-            )
+                return None
+            return checkpoint | {
+                "offset": window.end_offset,
+                "line": window.end_line,
+                "last_row": report.last_row,
+                "rejects_size": reject_file.size,
+                "counts": report.totals(),
+                "complete": complete,
+                "updated_at": time.time(),
+            }
+
+        def persist(data: dict[str, Any] | None) -> None:
+            """The rejects on disk, then the checkpoint that counts them (rule 4)."""
+            reject_file.sync()
+            if state_path is not None and data is not None:
+                _write_json_atomically(state_path, data)
+
+        # The fsyncs of a checkpoint (~30 ms while the WAL grows) run in a thread, overlapping the
+        # next batch; checkpoints still follow their commits, one after the other.
+        persisting: list[asyncio.Future[None]] = []
+
+        async def settle() -> None:
+            while persisting:
+                await persisting.pop()
+
+        async def save(window: _Window, *, complete: bool = False) -> None:
+            data = state_of(window, complete=complete)
+            await settle()
+            persisting.append(asyncio.ensure_future(asyncio.to_thread(persist, data)))
 
         async def flush(window: _Window, pending: asyncio.Future[tuple[list[str | None], object]]) -> None:
             """Commit the window's rows, then write its rejects, then checkpoint (rule 4)."""
@@ -1446,9 +1466,9 @@ async def import_file(
                         report.duplicate_findings.append(
                             DuplicateFinding(customer_rows[index], identity, holders)
                         )
+            await settle()  # the previous checkpoint's fsync of the reject file is done
             reject_file.write(sorted(window.rejects))
-            reject_file.sync()
-            save(window)
+            await save(window)
             if progress is not None:
                 progress(_progress(report, window.end_offset, size, started))
 
@@ -1506,12 +1526,16 @@ async def import_file(
                 else:
                     await flush(window, convert(window))
                     report.complete = True
-                    save(_Window(end_offset=reader.offset, end_line=reader.line), complete=True)
+                    await save(_Window(end_offset=reader.offset, end_line=reader.line), complete=True)
+            await settle()
         finally:
             if in_flight is not None:
                 in_flight[1].cancel()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            for task in persisting:
+                with contextlib.suppress(BaseException):
+                    await task
             reject_file.close()
     report.elapsed = time.monotonic() - started
     return report
