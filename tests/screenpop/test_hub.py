@@ -427,3 +427,48 @@ async def test_logout_and_expiry_close_that_sessions_sockets(server: Server) -> 
         msg = await sock.receive(timeout=5)
         assert (msg.type, msg.extra) == (aiohttp.WSMsgType.CLOSE, "session ended")
     assert server.hub.sockets("1001") == server.hub.sockets("1002") == 0
+
+
+async def test_a_forgotten_retract_still_leaves_the_live_list_right() -> None:
+    clock = Clock()
+    hub = PopHub(max_retracts=1)
+    server = await start(hub, SessionStore(accounts(), clock=clock), clock)
+    try:
+        alice = await server.agent("1001")
+        ws, _ = await alice.connect()
+        for call in ("c1", "c2", "c3"):
+            await hub.publish(show("1001", call))
+        assert len(await receive_n(ws, 3)) == 3
+        await ws.close()
+        await hub.publish(RetractPop("c1:1001:1", "1001", RetractReason.CALLER_HUNG_UP))
+        await hub.publish(RetractPop("c2:1001:1", "1001", RetractReason.CALLER_HUNG_UP))
+        ws, welcome = await alice.connect(last_seq=3, epoch=hub.epoch)
+        # Only the last retract is remembered, but ``live`` tells the page to drop c1 as well.
+        assert welcome["live"] == ["c3:1001:1"]
+        assert [(m["type"], m["pop_id"]) for m in await receive_n(ws, 1)] == [("retract", "c2:1001:1")]
+        await nothing_more(ws)
+    finally:
+        for http in server.clients:
+            await http.close()
+        await server.runner.cleanup()
+
+
+async def test_concurrent_logins_keep_the_store_consistent(server: Server) -> None:
+    async def log_in(agent_id: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                f"{server.base}/agent/login", json={"agent_id": agent_id, "password": PASSWORDS[agent_id]}
+            )
+            assert resp.status == 200
+
+    async def look_up() -> None:
+        for _ in range(200):
+            server.sessions.agent_for("nothing")
+            len(server.sessions)
+            await asyncio.sleep(0)
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(30):
+            tg.create_task(log_in(f"100{1 + i % 3}"))
+        tg.create_task(look_up())
+    assert len(server.sessions) == 30
