@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from pathlib import Path
 
 from aiohttp import web as aiohttp_web
 
 from callbridge.bus import Bus, Lagged, Subscription
 from callbridge.console import format_change
+from callbridge.pops import PopPipeline
 from callbridge.settings import Settings
 from cti.ami.client import AMIClient
 from cti.asterisk import AsteriskCTI
 from cti.model import AgentConfig, CallModel, QueueConfig
 from customers.sqlite_store import SQLiteStore
 from customers.store import CustomerStore
+from screenpop import AgentAccount, PopHub, SessionStore
 
 log = logging.getLogger("callbridge.calls")
 
@@ -43,6 +46,14 @@ class Service:
         self.store: CustomerStore | None = None
         self._runner: aiohttp_web.AppRunner | None = None
         self.http_port: int | None = None
+        self.hub = PopHub()
+        self.sessions = SessionStore()
+        for agent in settings.agents:
+            if agent.password_hash:
+                self.sessions.add_account(AgentAccount(agent.id, agent.name, agent.password_hash))
+        self.allowed_origins: set[str] = set()
+        """Origins the agent WebSocket accepts; the bound port's own once the server is up."""
+        self.pops: PopPipeline | None = None
 
     async def start(self) -> None:
         if self._web:
@@ -59,19 +70,28 @@ class Service:
             Path(config.database).parent.mkdir(parents=True, exist_ok=True)
         self.store = SQLiteStore(config.database, default_region=config.default_region)
         await self.store.open()
+        self.pops = PopPipeline(self.bus, self.store, self.hub)
+        await self.pops.start()
+        http = self.settings.http
+        # Bind first: the agent WebSocket accepts only this server's own Origin, port included.
+        sock = _bind(http.host, http.port)
+        self.http_port = int(sock.getsockname()[1])
+        self.allowed_origins.update(
+            f"http://{host}:{self.http_port}" for host in {http.host, "127.0.0.1", "localhost"}
+        )
         self._runner = aiohttp_web.AppRunner(make_app(self), access_log=None)
         await self._runner.setup()
-        http = self.settings.http
-        site = aiohttp_web.TCPSite(self._runner, http.host, http.port)
-        await site.start()
-        self.http_port = int(self._runner.addresses[0][1])
-        log.info("HTTP on http://%s:%s (API under /api/)", http.host, self.http_port)
+        await aiohttp_web.SockSite(self._runner, sock).start()
+        log.info("HTTP on http://%s:%s (API under /api/, agents under /agent/)", http.host, self.http_port)
 
     async def stop(self) -> None:
         await self.cti.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.pops is not None:
+            await self.pops.stop()
+            self.pops = None
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -98,6 +118,19 @@ class Service:
                 line = format_change(event)
                 if line is not None:
                     log.info("%s", line, extra=_log_context(event))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def _log_context(event: object) -> dict[str, str]:

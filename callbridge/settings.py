@@ -89,6 +89,7 @@ SCHEMA: dict[str, Any] = {
                         "items": {"type": "string", "minLength": 1},
                         "minItems": 1,
                     },
+                    "password_hash": {"type": "string", "pattern": "^scrypt\\$"},
                 },
             },
         },
@@ -167,6 +168,8 @@ class AgentSettings:
     id: str
     name: str
     interfaces: tuple[str, ...]
+    password_hash: str = field(default="", repr=False)
+    """``scrypt$...`` from ``screenpop.hash_password``; empty: the agent cannot log in to the page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +279,8 @@ def load_settings(
         ami=AMIConfig(**ami),
         pbx_name=data["pbx"]["name"],
         agents=tuple(
-            AgentSettings(a["id"], a.get("name", a["id"]), tuple(a["interfaces"])) for a in data["agents"]
+            AgentSettings(a["id"], a.get("name", a["id"]), tuple(a["interfaces"]), a.get("password_hash", ""))
+            for a in data["agents"]
         ),
         queues=tuple(QueueSettings(q["name"], float(q.get("wrapup", 0))) for q in data["queues"]),
         customers=CustomerSettings(**data["customers"]),

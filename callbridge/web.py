@@ -1,8 +1,8 @@
 """The service's HTTP side: one aiohttp application, the parts mounted on it.
 
 ``make_app(service)`` is shared by ``callbridge serve`` and the tests. The customer REST API is
-mounted under ``/api/``; ``/healthz`` says whether the PBX link is up, for load balancers and
-supervisors' monitoring.
+mounted under ``/api/``, the agents' login and pop WebSocket under ``/agent/``; ``/healthz`` says
+whether the PBX link is up, for load balancers and supervisors' monitoring.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from aiohttp import web
 
 from callbridge.service import Service
 from customers.api import customer_api
+from screenpop import hub_routes
 
 SERVICE: Final = web.AppKey("callbridge.service", Service)
 
@@ -23,6 +24,9 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/healthz", healthz)
     if service.store is not None:
         app.add_subapp("/api/", customer_api(service.store, service.settings.http.api_tokens))
+    app.add_subapp(
+        "/agent/", hub_routes(service.hub, service.sessions, allowed_origins=service.allowed_origins)
+    )
     return app
 
 
