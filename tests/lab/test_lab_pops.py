@@ -1,0 +1,136 @@
+"""Screen-pops against the real Asterisk 22: a call originated into a queue pops at the agent whose
+device rings, and only there; it is retracted when the caller hangs up."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from callbridge.service import Service
+from callbridge.settings import load_settings
+from cti.asterisk import PBXResynced
+from customers.sqlite_store import SQLiteStore
+from screenpop import hash_password
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORDS = {"agent1": "alice-pw-0001", "agent2": "bob-pw-0002", "noanswer": "nora-pw-0003"}
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+async def pages(
+    lab: Any, tmp_path: Path
+) -> AsyncIterator[tuple[Service, dict[str, aiohttp.ClientWebSocketResponse]]]:
+    """The service on the lab Asterisk, and one logged-in agent page (WebSocket) per agent."""
+    lab.wait_idle()
+    db = tmp_path / "customers.db"
+    async with SQLiteStore(db) as store:
+        await store.create_customer("Jane Doe", identities=[("phone", "+1 415 555 0123")])
+    base = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
+    agents = tuple(
+        dataclasses.replace(a, password_hash=hash_password(PASSWORDS[a.id])) if a.id in PASSWORDS else a
+        for a in base.agents
+    )
+    settings = dataclasses.replace(
+        base,
+        agents=agents,
+        ami=lab.ami_config(),
+        customers=dataclasses.replace(base.customers, database=str(db)),
+        http=dataclasses.replace(base.http, port=0),
+    )
+    service = Service(settings)
+    ready = service.bus.subscribe(PBXResynced)
+    async with service:
+        async with asyncio.timeout(15):
+            await ready.get()
+        origin = f"http://127.0.0.1:{service.http_port}"
+        sessions, sockets = [], {}
+        try:
+            for agent_id, password in PASSWORDS.items():
+                http = aiohttp.ClientSession(origin, cookie_jar=aiohttp.CookieJar(unsafe=True))
+                sessions.append(http)
+                async with http.post("/agent/login", json={"agent_id": agent_id, "password": password}) as r:
+                    assert r.status == 200
+                ws = await http.ws_connect("/agent/ws", headers={"Origin": origin})
+                await ws.send_json({"type": "hello", "last_seq": None, "epoch": None})
+                assert (await ws.receive_json(timeout=5))["type"] == "welcome"
+                sockets[agent_id] = ws
+            yield service, sockets
+        finally:
+            for ws in sockets.values():
+                await ws.close()
+            for http in sessions:
+                await http.close()
+    lab.wait_idle()
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 20) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            message: dict[str, Any] = await ws.receive_json()
+            if message["type"] == kind:
+                return message
+
+
+async def originate(service: Service, exten: str, caller: str, hold: int) -> None:
+    result = await service.client.send_action(
+        "Originate",
+        {
+            "Channel": "Local/pstn@callers",
+            "Context": "from-pstn",
+            "Exten": exten,
+            "Priority": "1",
+            "CallerID": caller,
+            "Variable": f"CALLER_HOLD={hold}",
+            "Async": "true",
+        },
+    )
+    assert result.ok, result.message
+
+
+async def test_a_support_call_pops_at_the_ringing_agent_only(
+    pages: tuple[Service, dict[str, aiohttp.ClientWebSocketResponse]],
+) -> None:
+    service, sockets = pages
+    await originate(service, "8005550100", '"Jane Doe" <+14155550123>', hold=5)
+    first = await asyncio.wait(
+        [asyncio.ensure_future(receive(sockets[a], "pop")) for a in ("agent1", "agent2")],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    done, pending = first
+    pop = done.pop().result()
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    rung = pop["payload"]["agent_id"]
+    other = "agent2" if rung == "agent1" else "agent1"
+    assert pop["payload"]["customer"]["display_name"] == "Jane Doe"
+    assert pop["facts"]["queue"] == "support"
+    assert (await receive(sockets[rung], "update"))["reason"] == "answered"
+    assert (await receive(sockets[rung], "retract"))["reason"] == "call_ended"
+    with pytest.raises(TimeoutError):
+        await sockets[other].receive(timeout=0.5)
+    with pytest.raises(TimeoutError):
+        await sockets["noanswer"].receive(timeout=0.1)
+
+
+async def test_the_pop_is_retracted_when_the_caller_hangs_up_while_it_rings(
+    pages: tuple[Service, dict[str, aiohttp.ClientWebSocketResponse]],
+) -> None:
+    """sales rings Nora first (linear, she never answers); the caller gives up after 3 s."""
+    service, sockets = pages
+    await originate(service, "8005550101", '"Maria Garcia" <+12125550147>', hold=3)
+    pop = await receive(sockets["noanswer"], "pop")
+    assert pop["payload"]["match"] == "unknown"  # Maria's number is not in the store
+    assert [a["action"] for a in pop["payload"]["actions"]] == ["create_customer", "link_number"]
+    retract = await receive(sockets["noanswer"], "retract")
+    assert retract["pop_id"] == pop["pop_id"] and retract["reason"] == "caller_hung_up"
+    with pytest.raises(TimeoutError):
+        await sockets["agent2"].receive(timeout=0.3)
