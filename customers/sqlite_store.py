@@ -395,6 +395,24 @@ class _Row:
     """customer_values columns after ``customer_id``."""
     existing: bool = False
 
+    def __reduce__(self) -> tuple[type[_Row], tuple[Any, ...]]:
+        # Rows cross a process boundary (an import's worker): by their constructor, ~20% cheaper
+        # both ways than the slots dataclass's default state (one setattr per field on load).
+        return (
+            _Row,
+            (
+                self.index,
+                self.key,
+                self.customer_id,
+                self.insert,
+                self.update,
+                self.attributes,
+                self.identity_rows,
+                self.value,
+                self.existing,
+            ),
+        )
+
 
 _IDENTITY_INSERT = (
     "INSERT INTO identities (kind, system, value, raw, label, extension, shared, verified, source, "
