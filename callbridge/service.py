@@ -22,7 +22,7 @@ from callbridge.pops import PopPipeline
 from callbridge.settings import Settings
 from cti.ami.client import AMIClient
 from cti.asterisk import AsteriskCTI
-from cti.model import AgentConfig, CallModel, QueueConfig
+from cti.model import AgentChanged, AgentConfig, CallChanged, CallModel, QueueChanged, QueueConfig
 from customers.sqlite_store import SQLiteStore
 from customers.store import CustomerStore
 from screenpop import AgentAccount, PopHub, SessionStore
@@ -135,18 +135,16 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _log_context(event: object) -> dict[str, str]:
     """Ids for structured logs: the call, the agent and the queue the change is about."""
-    call = getattr(event, "call", None)
-    agent = getattr(event, "agent", None)
-    queue = getattr(event, "queue", None)
-    context = {}
-    if call is not None:
+    context: dict[str, str] = {}
+    if isinstance(event, CallChanged):
+        call = event.call
         context["call_id"] = call.id
         if call.agent:
             context["agent_id"] = call.agent
         if call.queue:
             context["queue"] = call.queue
-    if agent is not None and not isinstance(agent, str):
-        context["agent_id"] = agent.id
-    if queue is not None and not isinstance(queue, str):
-        context["queue"] = queue.name
+    elif isinstance(event, AgentChanged):
+        context["agent_id"] = event.agent.id
+    elif isinstance(event, QueueChanged):
+        context["queue"] = event.queue.name
     return context

@@ -80,7 +80,6 @@ class AsteriskCTI:
         self._held: list[Message] | None = None
         self._resync_task: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
-        self.resynced = asyncio.Event()
         client.add_listener(self._on_item)
 
     async def start(self) -> None:
@@ -109,7 +108,6 @@ class AsteriskCTI:
                 return
             self._apply(item)
         elif isinstance(item, Connected):
-            self.resynced.clear()
             self._held = []
             self._publish(PBXConnected(self.name, item.session))
             self._resync_task = asyncio.create_task(self._resync(item.session), name="ami-resync")
@@ -179,4 +177,3 @@ class AsteriskCTI:
             event.queues,
         )
         self._publish(event)
-        self.resynced.set()
