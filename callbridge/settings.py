@@ -45,6 +45,19 @@ DEFAULTS: dict[str, Any] = {
     "http": {"host": "127.0.0.1", "port": 8080, "api_tokens": []},
     "log": {"level": "INFO", "format": "text"},
     "demo": {"speed": 1.0, "loop": True, "scenarios": []},
+    "screenpop": {
+        "dispositions": [
+            {"code": "resolved", "label": "Resolved"},
+            {"code": "follow_up", "label": "Needs follow-up"},
+            {"code": "callback", "label": "Call back"},
+            {"code": "sale", "label": "Sale"},
+            {"code": "complaint", "label": "Complaint"},
+            {"code": "wrong_number", "label": "Wrong number"},
+        ],
+        "wrapup": {"pause": False, "reason": "Wrap-up", "max_seconds": 120.0},
+        "dial": {"context": "customers", "caller_id": "", "timeout": 30.0},
+        "webhooks": [],
+    },
 }
 
 _NUMBER = {"type": "number", "minimum": 0}
@@ -90,6 +103,7 @@ SCHEMA: dict[str, Any] = {
                         "minItems": 1,
                     },
                     "password_hash": {"type": "string", "pattern": "^scrypt\\$"},
+                    "dial_device": {"type": "string", "minLength": 1},
                 },
             },
         },
@@ -151,6 +165,67 @@ SCHEMA: dict[str, Any] = {
                 "scenarios": {"type": "array", "items": {"type": "string"}},
             },
         },
+        "screenpop": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "dispositions": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["code", "label"],
+                        "properties": {
+                            "code": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+                            "label": {"type": "string", "minLength": 1},
+                            "notes_required": {"type": "boolean"},
+                        },
+                    },
+                },
+                "wrapup": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "pause": {"type": "boolean"},
+                        "reason": {"type": "string", "minLength": 1},
+                        "max_seconds": _NUMBER,
+                    },
+                },
+                "dial": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "context": {"type": "string", "minLength": 1},
+                        "caller_id": {"type": "string"},
+                        "timeout": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                },
+                "webhooks": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["url"],
+                        "oneOf": [{"required": ["secret"]}, {"required": ["secret_env"]}],
+                        "properties": {
+                            "url": {"type": "string", "pattern": "^https?://"},
+                            "secret": {"type": "string", "minLength": 16},
+                            "secret_env": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$"},
+                            "events": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"enum": ["pop", "update", "retract", "wrapup"]},
+                            },
+                            "timeout": {"type": "number", "exclusiveMinimum": 0},
+                            "max_attempts": {"type": "integer", "minimum": 1},
+                            "backoff_initial": {"type": "number", "exclusiveMinimum": 0},
+                            "backoff_max": {"type": "number", "exclusiveMinimum": 0},
+                        },
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -170,6 +245,12 @@ class AgentSettings:
     interfaces: tuple[str, ...]
     password_hash: str = field(default="", repr=False)
     """``scrypt$...`` from ``screenpop.hash_password``; empty: the agent cannot log in to the page."""
+    dial_device: str = ""
+    """The channel click-to-dial rings first (AMI ``Originate``); empty: the first interface."""
+
+    @property
+    def device(self) -> str:
+        return self.dial_device or self.interfaces[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +285,55 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Disposition:
+    code: str
+    """Stored on the timeline (``disposition`` of the call interaction)."""
+    label: str
+    notes_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WrapupSettings:
+    pause: bool = False
+    """Pause the agent in its queues (AMI ``QueuePause``) from the call's end until the wrap-up is
+    submitted or ``max_seconds`` pass."""
+    reason: str = "Wrap-up"
+    """The pause reason the PBX shows (``QueuePause Reason``)."""
+    max_seconds: float = 120.0
+    """Resume after this long even without a wrap-up; 0: wait for the agent."""
+
+
+@dataclass(frozen=True, slots=True)
+class DialSettings:
+    context: str = "customers"
+    """Dialplan context the number is dialled in once the agent's device answers."""
+    caller_id: str = ""
+    """Caller id presented to the customer; empty: the dialplan decides."""
+    timeout: float = 30.0
+    """Seconds the agent's device may ring before the click-to-dial gives up."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    url: str
+    secret: str = field(repr=False)
+    """HMAC-SHA256 key; from ``secret`` or the environment variable ``secret_env`` names."""
+    events: tuple[str, ...] = ("pop", "update", "retract", "wrapup")
+    timeout: float = 5.0
+    max_attempts: int = 8
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenpopSettings:
+    dispositions: tuple[Disposition, ...] = ()
+    wrapup: WrapupSettings = field(default_factory=WrapupSettings)
+    dial: DialSettings = field(default_factory=DialSettings)
+    webhooks: tuple[WebhookSettings, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     ami: AMIConfig
     pbx_name: str = "asterisk"
@@ -216,6 +346,7 @@ class Settings:
     demo_speed: float = 1.0
     demo_loop: bool = True
     demo_scenarios: tuple[str, ...] = ()
+    screenpop: ScreenpopSettings = field(default_factory=ScreenpopSettings)
     sources: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -272,14 +403,22 @@ def load_settings(
             continue
         where = _source_of(key, sources)
         problems.append(f"{key or '(top level)'}{f' ({where})' if where else ''}: {error.message}")
+    screenpop = _screenpop(data["screenpop"], environ, problems, sources)
     if problems:
         raise SettingsError(problems)
+    assert screenpop is not None
     ami = data["ami"]
     return Settings(
         ami=AMIConfig(**ami),
         pbx_name=data["pbx"]["name"],
         agents=tuple(
-            AgentSettings(a["id"], a.get("name", a["id"]), tuple(a["interfaces"]), a.get("password_hash", ""))
+            AgentSettings(
+                a["id"],
+                a.get("name", a["id"]),
+                tuple(a["interfaces"]),
+                a.get("password_hash", ""),
+                a.get("dial_device", ""),
+            )
             for a in data["agents"]
         ),
         queues=tuple(QueueSettings(q["name"], float(q.get("wrapup", 0))) for q in data["queues"]),
@@ -294,14 +433,63 @@ def load_settings(
         demo_speed=float(data["demo"]["speed"]),
         demo_loop=bool(data["demo"]["loop"]),
         demo_scenarios=tuple(data["demo"]["scenarios"]),
+        screenpop=screenpop,
         sources=sources,
+    )
+
+
+def _screenpop(
+    data: Mapping[str, Any], environ: Mapping[str, str], problems: list[str], sources: Mapping[str, str]
+) -> ScreenpopSettings | None:
+    """The screen-pop section; webhook secrets named by ``secret_env`` are read here, so a missing
+    variable is reported with the rest at start, not at the first pop."""
+    if problems:
+        return None
+    webhooks = []
+    for index, hook in enumerate(data["webhooks"]):
+        secret = hook.get("secret")
+        if secret is None:
+            secret = environ.get(hook["secret_env"], "")
+            if len(secret) < 16:
+                key = f"screenpop.webhooks.{index}.secret_env"
+                where = _source_of(key, sources)
+                problems.append(
+                    f"{key}{f' ({where})' if where else ''}: environment variable {hook['secret_env']} "
+                    "must hold the webhook secret (16 characters or more)"
+                )
+                continue
+        webhooks.append(
+            WebhookSettings(
+                url=hook["url"],
+                secret=secret,
+                events=tuple(hook.get("events", WebhookSettings.events)),
+                timeout=float(hook.get("timeout", 5.0)),
+                max_attempts=int(hook.get("max_attempts", 8)),
+                backoff_initial=float(hook.get("backoff_initial", 1.0)),
+                backoff_max=float(hook.get("backoff_max", 300.0)),
+            )
+        )
+    codes = [d["code"] for d in data["dispositions"]]
+    for code in sorted({c for c in codes if codes.count(c) > 1}):
+        problems.append(f"screenpop.dispositions: code {code!r} is listed more than once")
+    if problems:
+        return None
+    wrapup, dial = data["wrapup"], data["dial"]
+    return ScreenpopSettings(
+        dispositions=tuple(
+            Disposition(d["code"], d["label"], bool(d.get("notes_required", False)))
+            for d in data["dispositions"]
+        ),
+        wrapup=WrapupSettings(bool(wrapup["pause"]), wrapup["reason"], float(wrapup["max_seconds"])),
+        dial=DialSettings(dial["context"], dial["caller_id"], float(dial["timeout"])),
+        webhooks=tuple(webhooks),
     )
 
 
 def _merge(into: dict[str, Any], loaded: Mapping[str, Any]) -> None:
     for key, value in loaded.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            into[key].update(value)
+            _merge(into[key], value)
         else:
             into[key] = value
 

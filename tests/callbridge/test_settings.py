@@ -90,3 +90,43 @@ def test_api_tokens_from_the_environment_are_validated_and_never_printed() -> No
         load_settings(
             ROOT / "config" / "callbridge.yaml", environ={"CALLBRIDGE_HTTP_API_TOKENS": "shop:short"}
         )
+
+
+def test_screenpop_section_merges_into_defaults_and_reads_webhook_secrets_from_env(tmp_path: Path) -> None:
+    path = tmp_path / "callbridge.yaml"
+    path.write_text(
+        "agents:\n  - {id: a1, interfaces: [PJSIP/1001, Local/a1@agents]}\n"
+        "  - {id: a2, interfaces: [PJSIP/1002], dial_device: PJSIP/1002-desk}\n"
+        "screenpop:\n  wrapup: {pause: true}\n"
+        "  webhooks:\n    - {url: 'https://crm.example/hook', secret_env: CRM_HOOK, events: [pop]}\n"
+    )
+    settings = load_settings(path, environ={"CRM_HOOK": "k" * 32})
+    screenpop = settings.screenpop
+    wrapup = screenpop.wrapup
+    assert wrapup.pause and wrapup.reason == "Wrap-up" and wrapup.max_seconds == 120
+    assert [d.code for d in screenpop.dispositions][:2] == ["resolved", "follow_up"]
+    assert screenpop.dial.context == "customers"
+    (hook,) = screenpop.webhooks
+    assert (hook.url, hook.events, hook.max_attempts) == ("https://crm.example/hook", ("pop",), 8)
+    assert hook.secret == "k" * 32
+    assert "k" * 32 not in repr(settings)
+    assert [a.device for a in settings.agents] == ["PJSIP/1001", "PJSIP/1002-desk"]
+
+
+def test_screenpop_errors_name_the_missing_secret_and_the_repeated_disposition(tmp_path: Path) -> None:
+    path = tmp_path / "callbridge.yaml"
+    path.write_text(
+        "screenpop:\n"
+        "  dispositions:\n    - {code: sale, label: Sale}\n    - {code: sale, label: Sold}\n"
+        "  webhooks:\n    - {url: 'https://crm.example/hook', secret_env: CRM_HOOK}\n"
+    )
+    with pytest.raises(SettingsError) as info:
+        load_settings(path, environ={"CRM_HOOK": "short"})
+    text = "\n".join(info.value.problems)
+    assert f"screenpop.webhooks.0.secret_env ({path}:6): environment variable CRM_HOOK" in text
+    assert "code 'sale' is listed more than once" in text
+    path.write_text("screenpop:\n  webhooks:\n    - {url: 'ftp://x', secret: short}\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings(path, environ={})
+    text = "\n".join(info.value.problems)
+    assert "screenpop.webhooks.0" in text and "ftp://x" in text
