@@ -462,7 +462,7 @@ def _screenpop(
             WebhookSettings(
                 url=hook["url"],
                 secret=secret,
-                events=tuple(hook.get("events", WebhookSettings.events)),
+                events=tuple(hook.get("events", ("pop", "update", "retract", "wrapup"))),
                 timeout=float(hook.get("timeout", 5.0)),
                 max_attempts=int(hook.get("max_attempts", 8)),
                 backoff_initial=float(hook.get("backoff_initial", 1.0)),
