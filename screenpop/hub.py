@@ -48,7 +48,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from screenpop.sessions import SessionStore
 from screenpop.tracker import JsonValue, PopCommand, RetractPop, ShowPop, UpdatePop
 
-__all__ = ["COOKIE_NAME", "LatencyStats", "PopHub", "hub_routes"]
+__all__ = ["COOKIE_NAME", "LatencyStats", "PopHub", "hub_routes", "require_agent"]
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +440,21 @@ async def _login(request: web.Request) -> web.Response:
         secure=request.app[_CONFIG].secure_cookie,
     )
     return response
+
+
+def require_agent(request: web.Request, *, changes_state: bool) -> str:
+    """The agent whose live session cookie came with ``request`` on the agent sub-app.
+
+    Raises 401 without a live session and 403 when a browser sends a foreign ``Origin``; a request
+    that ``changes_state`` must carry the ``Origin`` of this service (every browser sends it on a
+    ``fetch`` POST), so another site cannot act on an agent's behalf even with the cookie."""
+    if _origin_refused(request, required=changes_state):
+        raise web.HTTPForbidden(text="origin not allowed")
+    token = request.cookies.get(COOKIE_NAME)
+    agent_id = request.app[_SESSIONS].agent_for(token) if token else None
+    if agent_id is None:
+        raise web.HTTPUnauthorized(text="no live agent session")
+    return agent_id
 
 
 def _cookie_path(request: web.Request) -> str:
