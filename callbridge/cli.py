@@ -94,28 +94,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _demo(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from callbridge.captures import DEMO_SCENARIOS
+    from callbridge.demo import login_lines, seed_demo_customers, with_demo_logins
     from callbridge.fakepbx import FakePBX
     from callbridge.service import Service
+    from customers.sqlite_store import SQLiteStore
 
     scenarios = list(args.scenario or settings.demo_scenarios or DEMO_SCENARIOS)
     speed = None if args.fast else (args.speed or settings.demo_speed)
     loop = settings.demo_loop and not args.once
+    web = not args.no_web
+    if web:
+        database = Path(args.database)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        async with SQLiteStore(str(database), default_region=settings.customers.default_region) as store:
+            base = await seed_demo_customers(store, now=time.time(), generated=args.customers)
+        what = (
+            f"{base.featured} featured customers and {base.generated:,} generated ones"
+            if base.seeded
+            else "the customers seeded before"
+        )
+        print(f"callbridge demo: customer base {database} ({what})", file=out, flush=True)
+        settings = await asyncio.to_thread(with_demo_logins, settings)
+        customers = dataclasses.replace(settings.customers, database=str(database))
+        http = dataclasses.replace(
+            settings.http, port=args.port if args.port is not None else settings.http.port
+        )
+        settings = dataclasses.replace(settings, customers=customers, http=http)
     async with FakePBX(scenarios, speed=speed, loop_scenarios=loop, username="demo", secret="demo") as pbx:
         ami = dataclasses.replace(
             settings.ami, host="127.0.0.1", port=pbx.port, username="demo", secret="demo", auth="md5"
         )
         settings = dataclasses.replace(settings, ami=ami)
-        print(
-            f"callbridge demo: a fake PBX on 127.0.0.1:{pbx.port} replays {len(scenarios)} real Asterisk "
-            f"captures ({', '.join(scenarios)}) at {'full' if speed is None else f'{speed:g}x'} speed"
-            f"{', looping' if loop else ''}. Ctrl-C stops.",
-            file=out,
-            flush=True,
-        )
-        service = Service(settings, web=False)
+        service = Service(settings, web=web)
         subscription = service.bus.subscribe(name="demo-console")
         stop = asyncio.Event()
         async with service:
+            print(
+                f"callbridge demo: a fake PBX on 127.0.0.1:{pbx.port} replays {len(scenarios)} real Asterisk "
+                f"captures ({', '.join(scenarios)}) at {'full' if speed is None else f'{speed:g}x'} speed"
+                f"{', looping' if loop else ''}. Ctrl-C stops.",
+                file=out,
+                flush=True,
+            )
+            if web:
+                host = settings.http.host
+                print(
+                    f"callbridge demo: agent page http://{host}:{service.http_port}/agent/ ; log in as\n"
+                    + "\n".join(login_lines(settings.agents)),
+                    file=out,
+                    flush=True,
+                )
             printer = asyncio.create_task(_print_changes(subscription, out), name="demo-printer")
             waiters = [asyncio.create_task(_wait_for_signal(stop))]
             if not loop:
@@ -270,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fast", action="store_true", help="replay as fast as possible")
     demo.add_argument("--once", action="store_true", help="play the scenarios once, then exit")
     demo.add_argument("--scenario", action="append", help="a capture name (repeatable)")
+    demo.add_argument(
+        "--port", type=int, help="HTTP port of the agent page (default: http.port; 0: any free)"
+    )
+    demo.add_argument(
+        "--database", default="var/demo/customers.db", help="the demo's customer base (seeded once)"
+    )
+    demo.add_argument(
+        "--customers", type=int, default=5000, help="generated customers around the featured ones"
+    )
+    demo.add_argument("--no-web", action="store_true", help="the call log only: no customer base, no page")
     demo.set_defaults(func=cmd_demo)
 
     ami = sub.add_parser("ami", help="Asterisk Manager Interface tools")

@@ -92,9 +92,12 @@ async def test_the_secret_never_reaches_the_logs(caplog: pytest.LogCaptureFixtur
     assert SECRET not in repr(settings_for(pbx))
 
 
-def test_demo_command_shows_calls_moving_through_queues_to_agents(capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_command_shows_calls_moving_through_queues_to_agents(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     code = main(["demo", "--fast", "--once", "--scenario", "queue_ring_noanswer_then_answer",
-                 "--scenario", "queue_abandon"])  # fmt: skip
+                 "--scenario", "queue_abandon", "--port", "0", "--database", str(tmp_path / "demo.db"),
+                 "--customers", "100"])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
