@@ -143,6 +143,7 @@ SCHEMA: dict[str, Any] = {
                         "properties": {
                             "name": {"type": "string", "minLength": 1},
                             "token": {"type": "string", "minLength": 16},
+                            "role": {"enum": ["read", "write", "admin"]},
                         },
                     },
                 },
@@ -275,6 +276,9 @@ class ApiToken:
     name: str
     """Who uses it (``shop``, ``erp``): recorded as the source of what it writes."""
     token: str = field(repr=False)
+    role: str = "write"
+    """``read`` (GET only), ``write`` (also creates, updates, timeline, notes, consent) or
+    ``admin`` (also merges and removing do-not-call entries)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +430,9 @@ def load_settings(
         http=HttpSettings(
             host=data["http"]["host"],
             port=data["http"]["port"],
-            api_tokens=tuple(ApiToken(t["name"], t["token"]) for t in data["http"]["api_tokens"]),
+            api_tokens=tuple(
+                ApiToken(t["name"], t["token"], t.get("role", "write")) for t in data["http"]["api_tokens"]
+            ),
         ),
         log_level=data["log"]["level"],
         log_format=data["log"]["format"],
@@ -517,13 +523,14 @@ def _coerce(raw: str, spec: Mapping[str, Any]) -> Any:
         except ValueError:
             raise ValueError(f"{raw!r} is not a number") from None
     if kind == "array" and spec.get("items", {}).get("required") == ["name", "token"]:
-        # CALLBRIDGE_HTTP_API_TOKENS="shop:<token>,erp:<token>"
+        # CALLBRIDGE_HTTP_API_TOKENS="shop:<token>,erp:<token>:read,ops:<token>:admin"
         tokens = []
         for item in filter(None, (part.strip() for part in raw.split(","))):
-            name, sep, token = item.partition(":")
+            name, sep, rest = item.partition(":")
             if not sep:
-                raise ValueError("expected name:token pairs separated by commas")
-            tokens.append({"name": name, "token": token})
+                raise ValueError("expected name:token[:role] items separated by commas")
+            token, _, role = rest.partition(":")
+            tokens.append({"name": name, "token": token} | ({"role": role} if role else {}))
         return tokens
     if kind == "boolean":
         if raw.lower() in ("1", "true", "yes", "on"):

@@ -23,6 +23,15 @@ a JSON 500 naming that reference, never a traceback or an HTML page.
 
 Rule 5: what a token writes is recorded with ``api:<token name>`` as its source (identities,
 interactions, do-not-call entries), author (notes) or actor (merges).
+
+Rule 6: each token has a role. ``read`` may only GET; ``write`` may also create and change
+profiles, the timeline, notes and consent; ``admin`` may also merge profiles and remove
+do-not-call entries (the two writes that cannot be taken back by another write). A token
+without the role gets 403 naming the role needed; a path that does not exist is still 404.
+
+Rule 7: ``POST /customers`` with an ``Idempotency-Key`` header creates at most one customer per
+token and key, also across restarts: the key is stored with the profile, in the same
+transaction, as an external id of system ``api-request``; a retry answers 200 with that profile.
 """
 
 from __future__ import annotations
@@ -70,12 +79,18 @@ class TokenLike(Protocol):
     @property
     def token(self) -> str: ...
 
+    @property
+    def role(self) -> str: ...
+
+
+ROLES: Final = ("read", "write", "admin")
+
 
 @dataclass(frozen=True, slots=True)
 class _Config:
     store: CustomerStore
-    clients: tuple[tuple[str, bytes], ...]
-    """(token name, SHA-256 of the token)."""
+    clients: tuple[tuple[str, bytes, str], ...]
+    """(token name, SHA-256 of the token, role)."""
     max_body: int
     clock: Callable[[], float]
 
@@ -83,6 +98,11 @@ class _Config:
 API: Final = web.AppKey("customers.api", _Config)
 CLIENT: Final = web.RequestKey("customers.api.client", str)
 """The name of the token that authenticated the request."""
+ROLE: Final = web.RequestKey("customers.api.role", str)
+
+IDEMPOTENCY_SYSTEM: Final = "api-request"
+"""The external-id system under which ``Idempotency-Key`` values are kept."""
+_ADMIN_ROUTES: Final = frozenset({"merge", "remove_do_not_call"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -102,10 +122,13 @@ def customer_api(
     """
     if not tokens:
         log.warning("customer API has no tokens configured: every request will be refused")
+    for t in tokens:
+        if t.role not in ROLES:
+            raise ValueError(f"API token {t.name!r}: role {t.role!r} is not one of {', '.join(ROLES)}")
     app = web.Application(middlewares=[_errors, _authenticate])
     app[API] = _Config(
         store=store,
-        clients=tuple((t.name, _digest(t.token)) for t in tokens),
+        clients=tuple((t.name, _digest(t.token), t.role) for t in tokens),
         max_body=max_body,
         clock=clock,
     )
@@ -122,9 +145,9 @@ def customer_api(
     r.add_post("/customers/{id}/notes", add_note)
     r.add_get("/customers/{id}/consent", get_consent)
     r.add_put("/customers/{id}/consent", put_consent)
-    r.add_post("/customers/{id}/merge", merge_customers)
+    r.add_post("/customers/{id}/merge", merge_customers, name="merge")
     r.add_post("/do-not-call", add_do_not_call)
-    r.add_delete("/do-not-call", remove_do_not_call)
+    r.add_delete("/do-not-call", remove_do_not_call, name="remove_do_not_call")
     r.add_get("/may-call", may_call)
     return app
 
@@ -224,7 +247,7 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-def _client_of(header: str, clients: Sequence[tuple[str, bytes]]) -> str | None:
+def _client_of(header: str, clients: Sequence[tuple[str, bytes, str]]) -> tuple[str, str] | None:
     scheme, _, presented = header.strip().partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
@@ -233,16 +256,16 @@ def _client_of(header: str, clients: Sequence[tuple[str, bytes]]) -> str | None:
     # says neither how much of a token matched nor which one.
     digest = _digest(presented)
     found = None
-    for name, expected in clients:
+    for name, expected, role in clients:
         if hmac.compare_digest(digest, expected) and found is None:
-            found = name
+            found = (name, role)
     return found
 
 
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    name = _client_of(request.headers.get(hdrs.AUTHORIZATION, ""), request.app[API].clients)
-    if name is None:
+    client = _client_of(request.headers.get(hdrs.AUTHORIZATION, ""), request.app[API].clients)
+    if client is None:
         log.warning(
             "customer API: refused %s %r from %s: no valid token",
             request.method,
@@ -255,8 +278,29 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
             "a valid API token is required: Authorization: Bearer <token>",
             headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="callbridge"'},
         )
-    request[CLIENT] = name
+    name, role = client
+    request[CLIENT], request[ROLE] = name, role
+    needed = _role_needed(request)
+    if needed is not None and ROLES.index(role) < ROLES.index(needed):
+        log.warning(
+            "customer API: token %s (role %s) refused %s %s", name, role, request.method, request.path
+        )
+        raise ApiError(
+            403,
+            "forbidden",
+            f"token {name!r} has the {role} role; {request.method} {request.path} needs {needed}",
+        )
     return await handler(request)
+
+
+def _role_needed(request: web.Request) -> str | None:
+    """``None`` for a path or method the router refuses anyway (its 404 / 405 is the answer)."""
+    match_info = request.match_info
+    if match_info.http_exception is not None:
+        return None
+    if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
+        return "read"
+    return "admin" if match_info.route.name in _ADMIN_ROUTES else "write"
 
 
 def _source(request: web.Request) -> str:
@@ -717,20 +761,50 @@ def _identity(item: Mapping[str, Any], source: str) -> Identity:
     )
 
 
+_IDEMPOTENCY_KEY: Final = re.compile(r"[\x21-\x7e]{1,128}")
+
+
 async def create_customer(request: web.Request) -> web.Response:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(
+            400, "invalid-header", "Idempotency-Key: 1-128 visible ASCII characters", field="Idempotency-Key"
+        )
     body = await _read_json(request, CREATE)
     _check_timezone(body)
     _check_free_form(body, "attributes")
     source = _source(request)
-    customer = await request.app[API].store.create_customer(
-        body["display_name"].strip(),
-        identities=[_identity(item, source) for item in body.get("identities", ())],
-        attributes=body.get("attributes"),
-        source=source,
-        **_profile_fields(body),
-    )
+    store = request.app[API].store
+    identities = [_identity(item, source) for item in body.get("identities", ())]
+    request_id = f"{request[CLIENT]}:{key}" if key is not None else None
+    if request_id is not None:
+        if (replayed := await _created_by(store, request_id)) is not None:
+            return replayed
+        identities.append(
+            Identity(IdentityKind.EXTERNAL, request_id, system=IDEMPOTENCY_SYSTEM, source=source)
+        )
+    try:
+        customer = await store.create_customer(
+            body["display_name"].strip(),
+            identities=identities,
+            attributes=body.get("attributes"),
+            source=source,
+            **_profile_fields(body),
+        )
+    except Conflict:
+        # A concurrent retry with the same key won the race: its customer is the answer.
+        if request_id is not None and (replayed := await _created_by(store, request_id)) is not None:
+            return replayed
+        raise
     log.info("customer API: %s created customer %s", source, customer.id)
     return _json(plain(customer), status=201, headers=_location(request, customer.id))
+
+
+async def _created_by(store: CustomerStore, request_id: str) -> web.Response | None:
+    found = await store.lookup(IdentityKind.EXTERNAL, request_id, system=IDEMPOTENCY_SYSTEM)
+    if not found:
+        return None
+    return _json(plain(found[0].customer), status=200, headers={"Idempotent-Replayed": "true"})
 
 
 async def update_customer(request: web.Request) -> web.Response:

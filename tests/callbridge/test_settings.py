@@ -79,16 +79,21 @@ def test_cli_config_check_reports_the_problem_and_exits_2(
 
 
 def test_api_tokens_from_the_environment_are_validated_and_never_printed() -> None:
-    env = {"CALLBRIDGE_HTTP_API_TOKENS": "shop:0123456789abcdef0123,erp:fedcba9876543210fedc"}
+    env = {"CALLBRIDGE_HTTP_API_TOKENS": "shop:0123456789abcdef0123,erp:fedcba9876543210fedc:read"}
     settings = load_settings(ROOT / "config" / "callbridge.yaml", environ=env)
-    assert [(t.name, t.token) for t in settings.http.api_tokens] == [
-        ("shop", "0123456789abcdef0123"),
-        ("erp", "fedcba9876543210fedc"),
+    assert [(t.name, t.token, t.role) for t in settings.http.api_tokens] == [
+        ("shop", "0123456789abcdef0123", "write"),
+        ("erp", "fedcba9876543210fedc", "read"),
     ]
     assert "0123456789abcdef" not in repr(settings)
     with pytest.raises(SettingsError, match=r"http.api_tokens.0.token \(env CALLBRIDGE_HTTP_API_TOKENS\)"):
         load_settings(
             ROOT / "config" / "callbridge.yaml", environ={"CALLBRIDGE_HTTP_API_TOKENS": "shop:short"}
+        )
+    with pytest.raises(SettingsError, match=r"http.api_tokens.0.role \(env CALLBRIDGE_HTTP_API_TOKENS\)"):
+        load_settings(
+            ROOT / "config" / "callbridge.yaml",
+            environ={"CALLBRIDGE_HTTP_API_TOKENS": "shop:0123456789abcdef0123:owner"},
         )
 
 

@@ -6,6 +6,7 @@ main app, the API mounted with ``add_subapp("/api/", ...)``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -23,10 +24,12 @@ from callbridge.settings import ApiToken
 from customers.api import customer_api
 from customers.sqlite_store import SQLiteStore
 
-SHOP = ApiToken("shop", "shop-0123456789abcdef0123456789")
+SHOP = ApiToken("shop", "shop-0123456789abcdef0123456789", role="admin")
 ERP = ApiToken("erp", "erp-fedcba9876543210fedcba98765")
+REPORTS = ApiToken("reports", "reports-00112233445566778899aabb", role="read")
 AUTH = {"Authorization": f"Bearer {SHOP.token}"}
 ERP_AUTH = {"Authorization": f"Bearer {ERP.token}"}
+READ_AUTH = {"Authorization": f"Bearer {REPORTS.token}"}
 MAX_BODY = 16 * 1024
 NY = "+12125550100"
 SF = "+14155550123"
@@ -98,7 +101,7 @@ async def api(tmp_path: Path, clock: Clock) -> AsyncIterator[Api]:
 
     app = web.Application()
     app.cleanup_ctx.append(open_store)
-    api_app = customer_api(store, [SHOP, ERP], max_body=MAX_BODY, clock=clock)
+    api_app = customer_api(store, [SHOP, ERP, REPORTS], max_body=MAX_BODY, clock=clock)
     app.add_subapp("/api/", api_app)
     server = TestServer(app, host="127.0.0.1", port=0)
     async with server, TestClient(server) as client:
@@ -884,3 +887,76 @@ def test_no_tokens_is_warned_about(caplog: pytest.LogCaptureFixture, tmp_path: P
     with caplog.at_level(logging.WARNING, logger="customers.api"):
         customer_api(SQLiteStore(tmp_path / "x.db"), [])
     assert "no tokens configured" in caplog.text
+
+
+# --- roles and idempotent creates ---------------------------------------------------------------------
+
+
+async def test_each_role_may_do_its_part_and_is_told_which_role_it_lacks(api: Api) -> None:
+    cid = (await api.create("Ann Lee", identities=[{"kind": "phone", "value": SF}]))["id"]
+    other = (await api.create("Ann Lee (dup)"))["id"]
+    profile = await api.call("GET", f"/api/customers/{cid}", headers=READ_AUTH, status=200)
+    assert profile["customer"]["display_name"] == "Ann Lee"
+    await api.call("GET", f"/api/may-call?number={SF}", headers=READ_AUTH, status=200)
+    error = error_of(
+        await api.call("POST", "/api/customers", json={"display_name": "X"}, headers=READ_AUTH, status=403)
+    )
+    assert error == {
+        "code": "forbidden",
+        "message": "token 'reports' has the read role; POST /api/customers needs write",
+    }
+    note = {"text": "called back"}
+    await api.call("POST", f"/api/customers/{cid}/notes", json=note, headers=READ_AUTH, status=403)
+    await api.call("POST", f"/api/customers/{cid}/notes", json=note, headers=ERP_AUTH, status=201)
+    # The writes that cannot be undone by another write are the admin's.
+    merge = {"merge": other}
+    error = error_of(
+        await api.call("POST", f"/api/customers/{cid}/merge", json=merge, headers=ERP_AUTH, status=403)
+    )
+    assert error["message"].endswith("needs admin")
+    dnc = {"scope": "number", "target": NY, "reason": "asked"}
+    await api.call("POST", "/api/do-not-call", json=dnc, headers=ERP_AUTH, status=201)
+    await api.call("DELETE", f"/api/do-not-call?scope=number&target={NY}", headers=ERP_AUTH, status=403)
+    await api.call("DELETE", f"/api/do-not-call?scope=number&target={NY}", status=204)
+    await api.call("POST", f"/api/customers/{cid}/merge", json=merge, status=200)
+    # A path that does not exist is a 404 whatever the role.
+    error = error_of(await api.call("POST", "/api/nothing-here", json={}, headers=READ_AUTH, status=404))
+    assert error["code"] == "not-found"
+
+
+def test_a_token_with_an_unknown_role_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="role 'owner' is not one of read, write, admin"):
+        customer_api(
+            SQLiteStore(tmp_path / "x.db"), [ApiToken("ops", "ops-0123456789abcdef0123", role="owner")]
+        )
+
+
+async def test_a_create_retried_with_its_idempotency_key_makes_one_customer(api: Api) -> None:
+    body = {"display_name": "Kim Park", "identities": [{"kind": "email", "value": "kim@example.com"}]}
+    key = {"Idempotency-Key": "order-5521-create"}
+    response = await api.client.post("/api/customers", json=body, headers=AUTH | key)
+    assert response.status == 201
+    first = await response.json()
+    response = await api.client.post("/api/customers", json=body, headers=AUTH | key)
+    assert response.status == 200 and response.headers["Idempotent-Replayed"] == "true"
+    assert (await response.json())["id"] == first["id"]
+    # Two retries racing: still one customer.
+    racing = {"Idempotency-Key": "race-1"}
+    answers = await asyncio.gather(
+        *(
+            api.client.post("/api/customers", json={"display_name": "Lee Race"}, headers=AUTH | racing)
+            for _ in range(4)
+        )
+    )
+    assert sorted(a.status for a in answers) == [200, 200, 200, 201]
+    assert len({(await a.json())["id"] for a in answers}) == 1
+    # The key is the token's own: another system's same key is another request.
+    response = await api.client.post("/api/customers", json=body | {"identities": []}, headers=ERP_AUTH | key)
+    assert response.status == 201 and (await response.json())["id"] != first["id"]
+    found = await api.call("GET", "/api/customers?q=Kim Park", status=200)
+    assert len(found["customers"]) == 2
+    response = await api.client.post(
+        "/api/customers", json=body, headers=AUTH | {"Idempotency-Key": "bad key"}
+    )
+    assert response.status == 400
+    assert error_of(await response.json())["field"] == "Idempotency-Key"
