@@ -2,7 +2,9 @@
 the agents' sockets.
 
 One task takes the changes in bus order, so a pop's show, updates and retract reach the hub in
-the order the PBX reported them; the only await is the customer lookup of a new pop.
+the order the PBX reported them; the only await is the customer lookup of a new pop. The
+wrap-up desk and the webhooks are told of each command after the hub, without awaiting: their
+own tasks do the network work, so neither can delay a pop.
 """
 
 from __future__ import annotations
@@ -10,23 +12,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from callbridge.bus import Bus, Lagged, Subscription
 from cti.model import CallChanged
 from customers.store import CustomerStore
-from screenpop import PopAssembler, PopHub, PopTracker, ShowPop
+from screenpop import (
+    PopAssembler,
+    PopCommand,
+    PopHub,
+    PopTracker,
+    RetractPop,
+    ShowPop,
+    UpdatePop,
+    Webhooks,
+    WrapupService,
+)
 
 log = logging.getLogger(__name__)
 
 
 class PopPipeline:
     def __init__(
-        self, bus: Bus, store: CustomerStore, hub: PopHub, *, clock: Callable[[], float] = time.time
+        self,
+        bus: Bus,
+        store: CustomerStore,
+        hub: PopHub,
+        *,
+        wrapup: WrapupService | None = None,
+        webhooks: Webhooks | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.tracker = PopTracker()
         self.assembler = PopAssembler(store)
         self.hub = hub
+        self.wrapup = wrapup
+        self.webhooks = webhooks
         self._bus = bus
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
@@ -48,8 +70,48 @@ class PopPipeline:
                 continue
             now = self._clock()
             for command in self.tracker.apply(event, now):
+                payload: dict[str, Any] | None = None
                 try:
                     payload = await self.assembler.assemble(command) if isinstance(command, ShowPop) else None
                     await self.hub.publish(command, payload, t0=now if isinstance(command, ShowPop) else None)
                 except Exception:
                     log.exception("pop %s for agent %s not delivered", command.pop_id, command.agent_id)
+                self._tell_others(command, payload, now)
+            if self.wrapup is not None:
+                self.wrapup.observe_call(event.call, now)
+
+    def _tell_others(self, command: PopCommand, payload: Mapping[str, Any] | None, now: float) -> None:
+        if self.wrapup is not None:
+            try:
+                self.wrapup.observe(command, payload, now)
+            except Exception:
+                log.exception("pop %s: the wrap-up desk missed it", command.pop_id)
+        if self.webhooks is not None:
+            try:
+                self.webhooks.publish(*webhook_event(command, payload))
+            except Exception:
+                log.exception("pop %s: not sent to the webhooks", command.pop_id)
+
+
+def webhook_event(command: PopCommand, payload: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The webhook event name and data of one pop command (docs/webhooks.md)."""
+    if isinstance(command, ShowPop):
+        return "pop", {
+            "pop_id": command.pop_id,
+            "agent_id": command.agent_id,
+            "call_id": command.call_id,
+            "facts": command.facts,
+            "payload": dict(payload) if payload is not None else None,
+        }
+    if isinstance(command, UpdatePop):
+        data: dict[str, Any] = {
+            "pop_id": command.pop_id,
+            "agent_id": command.agent_id,
+            "reason": str(command.reason),
+            "facts": command.facts,
+        }
+        if payload is not None:
+            data["payload"] = dict(payload)
+        return "update", data
+    assert isinstance(command, RetractPop)
+    return "retract", {"pop_id": command.pop_id, "agent_id": command.agent_id, "reason": str(command.reason)}

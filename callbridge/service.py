@@ -25,7 +25,15 @@ from cti.asterisk import AsteriskCTI
 from cti.model import AgentChanged, AgentConfig, CallChanged, CallModel, QueueChanged, QueueConfig
 from customers.sqlite_store import SQLiteStore
 from customers.store import CustomerStore
-from screenpop import AgentAccount, PopHub, SessionStore
+from screenpop import (
+    AgentAccount,
+    ClickToDial,
+    PopHub,
+    SessionStore,
+    Webhooks,
+    WrapupDesk,
+    WrapupService,
+)
 
 log = logging.getLogger("callbridge.calls")
 
@@ -54,6 +62,9 @@ class Service:
         self.allowed_origins: set[str] = set()
         """Origins the agent WebSocket accepts; the bound port's own once the server is up."""
         self.pops: PopPipeline | None = None
+        self.webhooks = Webhooks(settings.screenpop.webhooks)
+        self.wrapup: WrapupService | None = None
+        self.dialer: ClickToDial | None = None
 
     async def start(self) -> None:
         if self._web:
@@ -70,7 +81,28 @@ class Service:
             Path(config.database).parent.mkdir(parents=True, exist_ok=True)
         self.store = SQLiteStore(config.database, default_region=config.default_region)
         await self.store.open()
-        self.pops = PopPipeline(self.bus, self.store, self.hub)
+        screenpop = self.settings.screenpop
+        await self.webhooks.start()
+        desk = WrapupDesk(
+            screenpop.dispositions,
+            pause=screenpop.wrapup.pause,
+            reason=screenpop.wrapup.reason,
+            max_seconds=screenpop.wrapup.max_seconds,
+        )
+        webhooks = self.webhooks
+        self.wrapup = WrapupService(
+            desk,
+            self.store,
+            self.client.send_action,
+            self.model,
+            agent_names={a.id: a.name for a in self.settings.agents},
+            on_outcome=lambda outcome: webhooks.publish("wrapup", outcome),
+        )
+        await self.wrapup.start()
+        self.dialer = ClickToDial(
+            self.store, self.client.send_action, screenpop.dial, region=config.default_region
+        )
+        self.pops = PopPipeline(self.bus, self.store, self.hub, wrapup=self.wrapup, webhooks=self.webhooks)
         await self.pops.start()
         http = self.settings.http
         # Bind first: the agent WebSocket accepts only this server's own Origin, port included.
@@ -92,6 +124,11 @@ class Service:
         if self.pops is not None:
             await self.pops.stop()
             self.pops = None
+        if self.wrapup is not None:
+            await self.wrapup.stop()
+            self.wrapup = None
+        self.dialer = None
+        await self.webhooks.stop()
         if self.store is not None:
             await self.store.close()
             self.store = None

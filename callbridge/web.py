@@ -1,7 +1,8 @@
 """The service's HTTP side: one aiohttp application, the parts mounted on it.
 
 ``make_app(service)`` is shared by ``callbridge serve`` and the tests. The customer REST API is
-mounted under ``/api/``, the agents' login and pop WebSocket under ``/agent/``; ``/healthz`` says
+mounted under ``/api/``, the agents' login, pop WebSocket and actions (wrap-up, click-to-dial,
+customer create/link: docs/agent-api.md) under ``/agent/``; ``/healthz`` says
 whether the PBX link is up, for load balancers and supervisors' monitoring.
 """
 
@@ -11,9 +12,10 @@ from typing import Final
 
 from aiohttp import web
 
+from callbridge.pops import webhook_event
 from callbridge.service import Service
 from customers.api import customer_api
-from screenpop import hub_routes
+from screenpop import AgentActions, AgentProfile, add_action_routes, hub_routes
 
 SERVICE: Final = web.AppKey("callbridge.service", Service)
 
@@ -24,9 +26,26 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/healthz", healthz)
     if service.store is not None:
         app.add_subapp("/api/", customer_api(service.store, service.settings.http.api_tokens))
-    app.add_subapp(
-        "/agent/", hub_routes(service.hub, service.sessions, allowed_origins=service.allowed_origins)
-    )
+    agent_app = hub_routes(service.hub, service.sessions, allowed_origins=service.allowed_origins)
+    if service.store is not None and service.wrapup is not None and service.pops is not None:
+        screenpop = service.settings.screenpop
+        webhooks = service.webhooks
+        add_action_routes(
+            agent_app,
+            AgentActions(
+                agents={a.id: AgentProfile(a.id, a.name, a.device) for a in service.settings.agents},
+                dispositions=screenpop.dispositions,
+                wrapup=service.wrapup,
+                store=service.store,
+                hub=service.hub,
+                assembler=service.pops.assembler,
+                dialer=service.dialer,
+                wrapup_pause=screenpop.wrapup.pause,
+                wrapup_max_seconds=screenpop.wrapup.max_seconds,
+                on_update=lambda update, payload: webhooks.publish(*webhook_event(update, payload)),
+            ),
+        )
+    app.add_subapp("/agent/", agent_app)
     return app
 
 

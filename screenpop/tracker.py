@@ -81,6 +81,9 @@ class UpdateReason(StrEnum):
     CALLER_ID = "caller_id"
     QUEUE = "queue"
     DETAILS = "details"
+    CUSTOMER = "customer"
+    """Not the tracker's: the agent created or linked the caller's customer from the pop, and the
+    pop was assembled again (``screenpop.actions``)."""
 
 
 class RetractReason(StrEnum):
