@@ -45,6 +45,7 @@ from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from screenpop.page import add_page_routes
 from screenpop.sessions import SessionStore
 from screenpop.tracker import JsonValue, PopCommand, RetractPop, ShowPop, UpdatePop
 
@@ -346,7 +347,8 @@ def hub_routes(
     heartbeat: float = 30.0,
     session_check: float = 30.0,
 ) -> web.Application:
-    """The agent sub-app, to mount at ``/agent/``: ``POST login``, ``POST logout``, ``GET ws``.
+    """The agent sub-app, to mount at ``/agent/``: ``POST login``, ``POST logout``, ``GET ws``,
+    and the agent page (``GET /agent/`` and ``/agent/static/``, ``screenpop.page``).
 
     ``secure_cookie`` marks the session cookie ``Secure``: set it whenever the service is served
     over HTTPS (it is off by default so that the loopback defaults work over plain HTTP).
@@ -360,6 +362,7 @@ def hub_routes(
     app.router.add_post("/login", _login)
     app.router.add_post("/logout", _logout)
     app.router.add_get("/ws", _ws)
+    add_page_routes(app, sessions, _session_agent)
     app.cleanup_ctx.append(_sockets_ctx)
     app.on_shutdown.append(_going_away)
     return app
@@ -455,6 +458,13 @@ def require_agent(request: web.Request, *, changes_state: bool) -> str:
     if agent_id is None:
         raise web.HTTPUnauthorized(text="no live agent session")
     return agent_id
+
+
+def _session_agent(request: web.Request) -> str | None:
+    """The agent of the live session cookie ``request`` carries, without the Origin check: for
+    pages a browser navigates to (no ``Origin`` header, nothing changed)."""
+    token = request.cookies.get(COOKIE_NAME)
+    return request.app[_SESSIONS].agent_for(token) if token else None
 
 
 def _cookie_path(request: web.Request) -> str:
