@@ -24,7 +24,7 @@ DEFAULT_PATH = Path("config/callbridge.yaml")
 ENV_PREFIX = "CALLBRIDGE_"
 
 DEFAULTS: dict[str, Any] = {
-    "pbx": {"name": "asterisk", "kind": "asterisk"},
+    "pbx": {"name": "asterisk", "kind": "asterisk", "agents_file": "var/agents.json"},
     "ami": {
         "host": "127.0.0.1",
         "port": 5038,
@@ -68,7 +68,11 @@ SCHEMA: dict[str, Any] = {
         "pbx": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"enum": ["asterisk"]}},
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "kind": {"enum": ["asterisk"]},
+                "agents_file": {"type": "string"},
+            },
         },
         "ami": {
             "type": "object",
@@ -341,6 +345,9 @@ class ScreenpopSettings:
 class Settings:
     ami: AMIConfig
     pbx_name: str = "asterisk"
+    agents_file: str = "var/agents.json"
+    """Agents added or changed through ``/api/agents``, laid over ``agents`` at start; empty:
+    such changes last until the service stops."""
     agents: tuple[AgentSettings, ...] = ()
     queues: tuple[QueueSettings, ...] = ()
     customers: CustomerSettings = field(default_factory=CustomerSettings)
@@ -415,6 +422,7 @@ def load_settings(
     return Settings(
         ami=AMIConfig(**ami),
         pbx_name=data["pbx"]["name"],
+        agents_file=data["pbx"]["agents_file"],
         agents=tuple(
             AgentSettings(
                 a["id"],

@@ -102,7 +102,9 @@ ROLE: Final = web.RequestKey("customers.api.role", str)
 
 IDEMPOTENCY_SYSTEM: Final = "api-request"
 """The external-id system under which ``Idempotency-Key`` values are kept."""
-_ADMIN_ROUTES: Final = frozenset({"merge", "remove_do_not_call"})
+ADMIN_ROUTE_PREFIX: Final = "admin_"
+"""Routes whose name starts with this need the ``admin`` role (Rule 6), also ones other parts of
+the service add to this sub-application."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -145,9 +147,9 @@ def customer_api(
     r.add_post("/customers/{id}/notes", add_note)
     r.add_get("/customers/{id}/consent", get_consent)
     r.add_put("/customers/{id}/consent", put_consent)
-    r.add_post("/customers/{id}/merge", merge_customers, name="merge")
+    r.add_post("/customers/{id}/merge", merge_customers, name="admin_merge")
     r.add_post("/do-not-call", add_do_not_call)
-    r.add_delete("/do-not-call", remove_do_not_call, name="remove_do_not_call")
+    r.add_delete("/do-not-call", remove_do_not_call, name="admin_remove_do_not_call")
     r.add_get("/may-call", may_call)
     return app
 
@@ -300,7 +302,8 @@ def _role_needed(request: web.Request) -> str | None:
         return None
     if request.method in (hdrs.METH_GET, hdrs.METH_HEAD):
         return "read"
-    return "admin" if match_info.route.name in _ADMIN_ROUTES else "write"
+    name = match_info.route.name or ""
+    return "admin" if name.startswith(ADMIN_ROUTE_PREFIX) else "write"
 
 
 def _source(request: web.Request) -> str:
@@ -314,7 +317,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-async def _read_json(request: web.Request, validator: Any) -> dict[str, Any]:
+async def read_json(request: web.Request, validator: Any) -> dict[str, Any]:
     """The body, capped, parsed and validated; ``ApiError`` (400, 413, 422) otherwise."""
     cap = request.app[API].max_body
     length = request.content_length
@@ -535,7 +538,7 @@ _EPOCH: Final[dict[str, Any]] = {
 }
 
 
-def _object(properties: Mapping[str, Any], *required: str, **extra: Any) -> Any:
+def body_schema(properties: Mapping[str, Any], *required: str, **extra: Any) -> Any:
     schema = {"type": "object", "additionalProperties": False, "properties": dict(properties), **extra}
     if required:
         schema["required"] = list(required)
@@ -544,14 +547,14 @@ def _object(properties: Mapping[str, Any], *required: str, **extra: Any) -> Any:
     return validator
 
 
-CREATE: Final = _object(
+CREATE: Final = body_schema(
     {**_PROFILE_FIELDS, "identities": {"type": "array", "maxItems": 50, "items": _IDENTITY}}, "display_name"
 )
-UPDATE: Final = _object(
+UPDATE: Final = body_schema(
     _PROFILE_FIELDS, minProperties=1, **{"x-message": "nothing to update: give at least one field"}
 )
-IDENTITY: Final = _object(_IDENTITY["properties"], "kind", "value", allOf=_IDENTITY["allOf"])
-INTERACTION: Final = _object(
+IDENTITY: Final = body_schema(_IDENTITY["properties"], "kind", "value", allOf=_IDENTITY["allOf"])
+INTERACTION: Final = body_schema(
     {
         "channel": {"enum": _CHANNELS},
         "at": _EPOCH,
@@ -562,14 +565,14 @@ INTERACTION: Final = _object(
     },
     "channel",
 )
-NOTE: Final = _object(
+NOTE: Final = body_schema(
     {
         "text": {**_text(10000, 1), "pattern": r"\S", "x-message": "must not be blank"},
         "pinned": {"type": "boolean"},
     },
     "text",
 )
-CONSENT: Final = _object(
+CONSENT: Final = body_schema(
     {
         "channels": {
             "type": "object",
@@ -586,7 +589,7 @@ CONSENT: Final = _object(
     minProperties=1,
     **{"x-message": "nothing to change: give channels, quiet_hours or both"},
 )
-DO_NOT_CALL: Final = _object(
+DO_NOT_CALL: Final = body_schema(
     {
         "scope": {"enum": [s.value for s in ConsentScope]},
         "target": {**_text(200, 1), "pattern": r"\S", "x-message": "must not be blank"},
@@ -596,7 +599,7 @@ DO_NOT_CALL: Final = _object(
     "scope",
     "target",
 )
-MERGE: Final = _object({"merge": _text(200, 1)}, "merge")
+MERGE: Final = body_schema({"merge": _text(200, 1)}, "merge")
 
 
 # --- query parameters ---------------------------------------------------------------------------
@@ -770,7 +773,7 @@ async def create_customer(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid-header", "Idempotency-Key: 1-128 visible ASCII characters", field="Idempotency-Key"
         )
-    body = await _read_json(request, CREATE)
+    body = await read_json(request, CREATE)
     _check_timezone(body)
     _check_free_form(body, "attributes")
     source = _source(request)
@@ -808,7 +811,7 @@ async def _created_by(store: CustomerStore, request_id: str) -> web.Response | N
 
 
 async def update_customer(request: web.Request) -> web.Response:
-    body = await _read_json(request, UPDATE)
+    body = await read_json(request, UPDATE)
     _check_timezone(body)
     _check_free_form(body, "attributes")
     fields_ = _profile_fields(body)
@@ -821,7 +824,7 @@ async def update_customer(request: web.Request) -> web.Response:
 
 
 async def add_identity(request: web.Request) -> web.Response:
-    body = await _read_json(request, IDENTITY)
+    body = await read_json(request, IDENTITY)
     customer_id = request.match_info["id"]
     identity = _identity(body, _source(request))
     try:
@@ -861,7 +864,7 @@ async def remove_identity(request: web.Request) -> web.Response:
 
 
 async def merge_customers(request: web.Request) -> web.Response:
-    body = await _read_json(request, MERGE)
+    body = await read_json(request, MERGE)
     source = _source(request)
     keep_id = request.match_info["id"]
     customer = await request.app[API].store.merge(keep_id, body["merge"].strip(), actor=source)
@@ -883,7 +886,7 @@ def _same_content(stored: Interaction, submitted: Mapping[str, Any]) -> bool:
 
 
 async def append_interaction(request: web.Request) -> web.Response:
-    body = await _read_json(request, INTERACTION)
+    body = await read_json(request, INTERACTION)
     _check_free_form(body, "data")
     config = request.app[API]
     store = config.store
@@ -949,7 +952,7 @@ async def list_interactions(request: web.Request) -> web.Response:
 
 
 async def add_note(request: web.Request) -> web.Response:
-    body = await _read_json(request, NOTE)
+    body = await read_json(request, NOTE)
     note = await request.app[API].store.add_note(
         request.match_info["id"], _source(request), body["text"], pinned=body.get("pinned", False)
     )
@@ -973,7 +976,7 @@ async def get_consent(request: web.Request) -> web.Response:
 
 
 async def put_consent(request: web.Request) -> web.Response:
-    body = await _read_json(request, CONSENT)
+    body = await read_json(request, CONSENT)
     store = request.app[API].store
     customer_id = request.match_info["id"]
     # Validated as a whole above; the store has one call per setting, so make sure the profile
@@ -992,7 +995,7 @@ async def put_consent(request: web.Request) -> web.Response:
 
 
 async def add_do_not_call(request: web.Request) -> web.Response:
-    body = await _read_json(request, DO_NOT_CALL)
+    body = await read_json(request, DO_NOT_CALL)
     source = _source(request)
     target = body["target"].strip()
     entry = {

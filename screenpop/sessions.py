@@ -122,7 +122,20 @@ class SessionStore:
         self._decoy_hash = hash_password(secrets.token_urlsafe(16))
 
     def add_account(self, account: AgentAccount) -> None:
+        """Add an agent or replace its account (a new password); live sessions stay."""
         self._accounts[account.id] = account
+
+    def remove_account(self, agent_id: str) -> int:
+        """The agent can no longer log in, and its sessions end now (the hub closes their
+        sockets at its next session check). Returns the number of sessions ended."""
+        with self._lock:
+            self._accounts.pop(agent_id, None)
+            tokens = [token for token, s in self._sessions.items() if s.agent_id == agent_id]
+            for token in tokens:
+                del self._sessions[token]
+        if tokens:
+            logger.info("agent sessions ended: account removed", extra={"agent_id": agent_id})
+        return len(tokens)
 
     def account(self, agent_id: str) -> AgentAccount | None:
         return self._accounts.get(agent_id)

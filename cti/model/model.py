@@ -136,6 +136,21 @@ class CallModel(EventHandlers):
         self._refresh_agent(agent, now, "new" if agent.snap is None else "config", out)
         return out
 
+    def set_agent(self, config: AgentConfig, now: float) -> list[ModelChange]:
+        """Declare an agent anew: its devices become exactly ``config.interfaces``.
+
+        A device it no longer lists stops making new calls ring this agent; calls already
+        ringing or connected there keep the agent they have. A device another agent owns is not
+        taken over (``agent_for_device`` tells the caller beforehand)."""
+        agent = self._agents.get(config.id)
+        if agent is not None:
+            keep = {device_of_interface(interface) for interface in config.interfaces}
+            for device, owner in list(self._device_agent.items()):
+                if owner == config.id and device not in keep:
+                    del self._device_agent[device]
+            agent.interfaces = [i for i in agent.interfaces if device_of_interface(i) in keep]
+        return self.add_agent(config, now)
+
     def get_call(self, call_id: str) -> Call | None:
         """A live call, or one of the recently ended ones."""
         record = self._calls.get(call_id)

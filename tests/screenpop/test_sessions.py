@@ -139,3 +139,14 @@ def test_failures_outside_the_window_do_not_add_up() -> None:
 def test_account_repr_hides_the_hash() -> None:
     account = AgentAccount("1001", "Alice", hash_password("alice-pw", **FAST))
     assert account.password_hash not in repr(account)
+
+
+def test_removing_an_account_ends_its_sessions_and_its_logins_only() -> None:
+    sessions = store(Clock())
+    a = sessions.login("1001", "alice-pw")
+    other = sessions.login("1002", "bob-pw")
+    assert a is not None and other is not None
+    assert sessions.remove_account("1001") == 1
+    assert sessions.agent_for(a) is None and sessions.login("1001", "alice-pw") is None
+    assert sessions.agent_for(other) == "1002"
+    assert sessions.remove_account("1001") == 0

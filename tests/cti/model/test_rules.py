@@ -231,3 +231,22 @@ def test_call_from_an_agent_device_is_internal() -> None:
     )
     call = model.get_call(L)
     assert call is not None and call.direction == "internal" and call.caller_num == "1001"
+
+
+def test_set_agent_replaces_the_devices_and_a_moved_device_rings_its_new_agent(replay: ReplayFactory) -> None:
+    """An agent moved to another desk: the old device no longer rings them, the new one does."""
+    alice = AgentConfig("alice", "Alice", ["Local/agent1@agents/n", "PJSIP/1001"])
+    result = replay("direct_dial", agents=[alice])
+    model = result.model
+    assert model.agent_for_device("PJSIP/1001") == "alice"
+    model.set_agent(AgentConfig("alice", "Alice Liddell", ["PJSIP/2001"]), now=10.0)
+    agent = model.agent("alice")
+    assert agent is not None and agent.name == "Alice Liddell"
+    assert agent.interfaces == ("PJSIP/2001",)
+    assert model.agent_for_device("PJSIP/1001") is None
+    assert model.agent_for_device("Local/agent1@agents-00000001;1") is None
+    assert model.agent_for_device("PJSIP/2001-0000002a") == "alice"
+    # The call she took before the move is still hers.
+    assert result.only_call().agents == ("alice",)
+    model.set_agent(AgentConfig("bob", "Bob", ["Local/agent1@agents/n"]), now=11.0)
+    assert model.agent_for_device("Local/agent1@agents-00000002;1") == "bob"
