@@ -66,9 +66,11 @@ import heapq
 import json
 import math
 import os
+import pstats
 import random
 import re
 import resource
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -165,13 +167,13 @@ def generate_csv(path: Path, customers: int) -> None:
             )
 
 
-def import_with_cli(db: Path, csv_path: Path, mapping: Path) -> float:
-    env = os.environ | {"CALLBRIDGE_CUSTOMERS_DATABASE": str(db), "PYTHONPATH": str(ROOT)}
+def import_with_cli(db: Path, csv_path: Path, mapping: Path, tree: Path) -> float:
+    env = os.environ | {"CALLBRIDGE_CUSTOMERS_DATABASE": str(db), "PYTHONPATH": str(tree)}
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "callbridge", "customers", "import", str(csv_path), "--mapping", str(mapping),
          "--source", "bench", "--quiet"],
-        check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+        check=True, env=env, cwd=tree, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     return time.perf_counter() - started
 
@@ -263,7 +265,7 @@ def fill_history(db: Path, customers: int, seed: int) -> int:
     return total
 
 
-def build_database(folder: Path, customers: int, reuse: bool, seed: int) -> Path:
+def build_database(folder: Path, customers: int, *, reuse: bool, seed: int, tree: Path) -> Path:
     db = folder / "customers.db"
     done = folder / "customers.ready"
     if reuse and done.exists() and db.exists():
@@ -280,7 +282,7 @@ def build_database(folder: Path, customers: int, reuse: bool, seed: int) -> Path
     for stale in (folder / "customers.csv.import-state.json", folder / "customers.csv.rejects.csv"):
         stale.unlink(missing_ok=True)
     print(f"  generated {csv_path.name} in {time.perf_counter() - started:.1f} s")
-    seconds = import_with_cli(db, csv_path, mapping)
+    seconds = import_with_cli(db, csv_path, mapping, tree)
     print(f"  `callbridge customers import`: {customers:,} customers in {seconds:.1f} s")
     started = time.perf_counter()
     total = fill_history(db, customers, seed)
@@ -503,6 +505,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -670,7 +679,7 @@ async def wait_http(url: str, timeout: float, process: asyncio.subprocess.Proces
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while True:
-            if process.returncode is not None:
+            if process.returncode is not None or _zombie(process.pid):
                 raise SystemExit(f"the server exited ({process.returncode}) before {url} answered")
             with contextlib.suppress(aiohttp.ClientError, OSError):
                 async with http.get(url) as response:
@@ -681,9 +690,22 @@ async def wait_http(url: str, timeout: float, process: asyncio.subprocess.Proces
             await asyncio.sleep(0.2)
 
 
+def committed_tree() -> Path:
+    """``HEAD`` exported to ``bench/.data/screenpop-head`` (``git archive``): other engineers'
+    uncommitted edits in this checkout do not reach the service under test."""
+    tree = DATA / "screenpop-head"
+    if tree.exists():
+        subprocess.run(["rm", "-rf", str(tree)], check=True)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """SIGINT: ``callbridge serve`` stops cleanly on it (and cProfile then writes its file)."""
     if process.returncode is None:
-        process.terminate()
+        process.send_signal(signal.SIGINT)
         try:
             await asyncio.wait_for(process.wait(), 15)
         except TimeoutError:
@@ -698,7 +720,7 @@ async def open_pages(agents: int, tally: Tally, connect: Any) -> list[Page]:
 
 
 async def run_callbridge(
-    args: argparse.Namespace, folder: Path, db: Path, plan: Plan, template: CallTemplate
+    args: argparse.Namespace, folder: Path, db: Path, plan: Plan, template: CallTemplate, *, tree: Path
 ) -> tuple[Phase, dict[int, dict[str, int]], int]:
     """The service's phase; also returns the message sizes per call (for the floor) and the
     service log's WARNING/ERROR lines."""
@@ -710,12 +732,13 @@ async def run_callbridge(
         )
         log_path = folder / "service.log"
         with log_path.open("wb") as log_file:
+            profile = ("-m", "cProfile", "-o", str(folder / "service.prof")) if args.profile else ()
             process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "callbridge", "-c", str(config), "serve"),
-                cwd=ROOT,
+                *(sys.executable, *profile, "-m", "callbridge", "-c", str(config), "serve"),
+                cwd=tree,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env=os.environ | {"PYTHONPATH": str(ROOT)},
+                env=os.environ | {"PYTHONPATH": str(tree)},
             )
         try:
             origin = f"http://127.0.0.1:{http_port}"
@@ -888,9 +911,8 @@ def serve_floor(ports: str) -> None:
         server = await asyncio.start_server(control, "127.0.0.1", control_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        import signal
-
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.close()
         await runner.cleanup()
@@ -941,6 +963,14 @@ def line(phase: Phase, f: Figures) -> str:
     )
 
 
+def print_profile(path: Path, top: int = 25) -> None:
+    if not path.exists():
+        print(f"  no profile written ({path})")
+        return
+    print(f"\nservice profile ({path.relative_to(ROOT)}), by own time:")
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
+
+
 def raise_nofile(want: int = 8192) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
@@ -955,7 +985,10 @@ async def run(args: argparse.Namespace) -> int:
         f"screen-pop latency: {args.agents:,} agents, {args.customers:,} customers, {args.rate:g} pops/s, "
         f"{args.seconds:g} s measured after {args.warmup:g} s warm-up; {os.cpu_count()} cores, shared machine"
     )
-    db = build_database(folder, args.customers, args.reuse, args.seed)
+    tree = committed_tree() if args.committed else ROOT
+    if args.committed:
+        print(f"  service and import from the last commit ({tree.relative_to(ROOT)}), not the working tree")
+    db = build_database(folder, args.customers, reuse=args.reuse, seed=args.seed, tree=tree)
     template = CallTemplate()
     callers = load_callers(db, args.customers)
     plan = make_plan(args, callers, template.length)
@@ -964,12 +997,14 @@ async def run(args: argparse.Namespace) -> int:
         f" {template.length:.1f} s), {len(plan.agents):,} calls; callers from a pool of {len(callers):,}"
         f" + {UNKNOWN_SHARE:.0%} unknown numbers"
     )
-    service, sizes, warnings = await run_callbridge(args, folder, db, plan, template)
+    service, sizes, warnings = await run_callbridge(args, folder, db, plan, template, tree=tree)
     floor = await run_floor(args, plan, template, sizes)
     ours, base = figures(service), figures(floor)
     pop_sizes = sorted(s["pop"] for s in sizes.values() if "pop" in s)
     if pop_sizes:
         print(f"  pop message: median {pop_sizes[len(pop_sizes) // 2]:,} bytes, max {pop_sizes[-1]:,}")
+    if args.profile:
+        print_profile(folder / "service.prof")
     print("\nPBX event written -> pop acked by the page (measured window):")
     print(line(service, ours))
     print(line(floor, base))
@@ -1008,6 +1043,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 agents, 10k customers, 10 pops/s, 10 s")
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for the last acks")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the service under cProfile (bench/.data/screenpop-N/service.prof; inflates latency)",
+    )
+    parser.add_argument(
+        "--committed",
+        action="store_true",
+        help="run the service (and the import) from HEAD, not from the working tree",
+    )
     parser.add_argument("--serve-floor", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor:
