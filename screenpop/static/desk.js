@@ -35,6 +35,7 @@
     caller_id: "caller id changed",
     queue: "queue changed",
     details: "details changed",
+    customer: "customer linked",
   };
 
   const popsEl = document.getElementById("pops");
@@ -149,6 +150,7 @@
   }
 
   async function loadMe() {
+    const restoredEnded = new Set(Object.keys(state.pops).filter((id) => state.pops[id].ended));
     const result = await api("GET", "me");
     if (result.status === 200 && result.data) {
       me = {
@@ -156,9 +158,41 @@
         can_dial: Boolean(result.data.can_dial),
         loaded: true,
       };
+      if (Array.isArray(result.data.pending_wrapups)) adoptPending(result.data.pending_wrapups, restoredEnded);
     }
     document.getElementById("dial-form").hidden = !me.can_dial;
     for (const card of cards.values()) renderCard(card);
+  }
+
+  // The server's list of calls waiting for this agent's wrap-up is the truth: a new tab gets
+  // their cards, and a card restored from storage that another tab wrapped up goes.
+  function adoptPending(pending, restoredEnded) {
+    const waiting = new Set();
+    for (const call of pending) {
+      if (!call || typeof call.pop_id !== "string") continue;
+      waiting.add(call.pop_id);
+      if (state.pops[call.pop_id]) continue;
+      const number = call.number || "";
+      state.pops[call.pop_id] = {
+        message: {
+          type: "pop",
+          pop_id: call.pop_id,
+          call_id: call.call_id,
+          facts: { caller_num: number, queue: call.queue || null, state: "answered", answered_at: call.ended_at },
+          payload: { customer: null, match: null, candidates: [] },
+        },
+        ended: true,
+        gone: false,
+        customer_id: call.customer_id || null,
+        note: "",
+      };
+      const card = cardFor(call.pop_id, state.pops[call.pop_id]);
+      card.lastReason = RETRACT_TEXT.call_ended;
+    }
+    for (const popId of restoredEnded) {
+      if (!waiting.has(popId)) finishWrapup(popId);
+    }
+    saveState();
   }
 
   // --- click-to-dial ---------------------------------------------------------------------------
@@ -314,13 +348,15 @@
     root.dataset.state = phase;
     // Forms keep what the agent typed across re-renders: they are built once and moved back in.
     const kept = card.forms;
-    root.replaceChildren(
+    const parts = [
       renderHead(entry, facts, phase, card.lastReason),
       renderCall(facts, payload),
       payload.error ? el("p", { class: "warning store-error", role: "alert" }, payload.error.message) : null,
       renderMatch(card, payload, facts),
       renderActions(card, payload, phase, kept),
-    );
+    ];
+    // replaceChildren() would show a null as the text "null".
+    root.replaceChildren(...parts.filter(Boolean));
   }
 
   function renderHead(entry, facts, phase, reason) {
@@ -577,7 +613,7 @@
     const section = el("section", { class: "pop-actions" });
     if (phase === "gone") return section;
     const actions = Array.isArray(payload.actions) ? payload.actions : [];
-    const chosen = card.entry.customer_id || (payload.customer && payload.customer.id);
+    const chosen = chosenCustomer(card.entry);
     if (!chosen && actions.some((a) => a.action === "create_customer")) {
       kept.create = kept.create || createForm(card, actions.find((a) => a.action === "create_customer"));
       section.append(kept.create);
@@ -593,14 +629,20 @@
     return section;
   }
 
+  function chosenCustomer(entry) {
+    const payload = entry.message.payload || {};
+    return entry.customer_id || (payload.customer && payload.customer.id) || payload.linked_customer_id || null;
+  }
+
   function dispositionsKey() {
     return `${me.loaded}:${me.dispositions.map((d) => d.code).join("\u0000")}`;
   }
 
   function fieldError(form, field, text) {
-    for (const node of form.querySelectorAll(".field-error")) node.textContent = "";
-    const target = form.querySelector(`.field-error[data-field="${field}"]`) || form.querySelector(".form-error");
-    target.textContent = text;
+    for (const node of form.querySelectorAll(".field-error, .form-error")) node.textContent = "";
+    const target =
+      (field && form.querySelector(`.field-error[data-field="${CSS.escape(field)}"]`)) || form.querySelector(".form-error");
+    if (target) target.textContent = text;
   }
 
   function wrapupForm(card) {
@@ -629,6 +671,7 @@
       submit,
       el("p", { class: "form-error", role: "alert" }),
     );
+    form.addEventListener("input", () => fieldError(form, "", ""));
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       const code = select.value;
@@ -637,10 +680,9 @@
       if (disposition.notes_required && !notes.value.trim()) {
         return fieldError(form, "notes", "Notes are required for this disposition.");
       }
-      const payload = card.entry.message.payload || {};
       const body = { pop_id: popId, disposition: code };
       if (notes.value.trim()) body.notes = notes.value.trim();
-      const customerId = card.entry.customer_id || (payload.customer && payload.customer.id);
+      const customerId = chosenCustomer(card.entry);
       if (customerId) body.customer_id = customerId;
       submit.disabled = true;
       const result = await api("POST", "wrapup", body);
@@ -650,7 +692,15 @@
         return;
       }
       const error = errorOf(result);
+      if (error.code === "already-wrapped-up") {
+        finishWrapup(popId);
+        return;
+      }
       fieldError(form, error.field || "", error.message);
+      if (result.status === 404 && error.field === "pop_id") {
+        // The service forgot the call (wrap-up window over, or restarted): let the agent close it.
+        form.append(el("button", { type: "button", class: "dismiss", on: { click: () => finishWrapup(popId) } }, "Dismiss"));
+      }
     });
     return form;
   }
@@ -676,8 +726,9 @@
       const body = { pop_id: card.entry.message.pop_id, display_name: name.value.trim() };
       if (email.value.trim()) body.email = email.value.trim();
       const result = await api("POST", "customers", body);
-      if (result.status === 201 && result.data && result.data.customer_id) {
-        card.entry.customer_id = result.data.customer_id;
+      const created = result.data && (result.data.customer_id || (result.data.customer && result.data.customer.id));
+      if (result.status === 201 && created) {
+        card.entry.customer_id = created;
         card.entry.linked = `Created customer ${body.display_name}.`;
         saveState();
         renderCard(card);

@@ -162,6 +162,7 @@ async def test_static_files_with_their_content_types(server: Server) -> None:
         seen[name] = resp.content_type
     assert seen == {
         "agent.css": "text/css",
+        "favicon.svg": "image/svg+xml",
         "desk.js": seen["desk.js"],
         "login.js": seen["login.js"],
     }
