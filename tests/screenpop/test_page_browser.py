@@ -40,7 +40,7 @@ REQUIRE_BROWSER = os.environ.get("CALLBRIDGE_REQUIRE_BROWSER") == "1"
 
 def _chromium() -> str:
     """The system Chromium, or skip (fail when the browser tests are required)."""
-    found = os.environ.get("CALLBRIDGE_CHROMIUM") or shutil.which("chromium")
+    found = shutil.which(os.environ.get("CALLBRIDGE_CHROMIUM") or "chromium")
     problem = None
     if found is None:
         problem = "Debian's chromium is not installed (apt-get install chromium)"
@@ -55,11 +55,6 @@ def _chromium() -> str:
         pytest.skip(problem)
     assert found is not None
     return found
-
-
-@pytest.fixture
-def unit() -> float:
-    return float(os.environ.get("CALLBRIDGE_TEST_TIMEOUT_UNIT", "1"))
 
 
 @pytest.fixture
