@@ -336,7 +336,7 @@ class Burst:
 class CallTemplate:
     """The ``queue_answered`` capture cut into bursts, rendered per call with fresh identifiers."""
 
-    def __init__(self, capture: str = CAPTURE) -> None:
+    def __init__(self, capture: str = CAPTURE, drop: frozenset[bytes] = frozenset()) -> None:
         frames: list[tuple[float, bytes]] = []
         rest = b""
         for chunk in load_capture(capture).incoming():
@@ -348,14 +348,19 @@ class CallTemplate:
             while (end := rest.find(b"\r\n\r\n")) >= 0:
                 frame, rest = rest[: end + 4], rest[end + 4 :]
                 frames.append((chunk.t, frame))
+        skip = {*_SKIP_EVENTS, *drop}
         events = [
-            (t, f)
-            for t, f in frames
-            if f.startswith(b"Event: ") and f.split(b"\r\n", 1)[0][7:] not in _SKIP_EVENTS
+            (t, f) for t, f in frames if f.startswith(b"Event: ") and f.split(b"\r\n", 1)[0][7:] not in skip
         ]
         called = next(i for i, (_, f) in enumerate(events) if f.startswith(b"Event: AgentCalled\r\n"))
         t_called = events[called][0]
-        self.ring_up = b"".join(f for _, f in events[:called])
+        early = [(t, f) for t, f in events[:called] if t < t_called - 0.0005]
+        self.lead = t_called - early[0][0] if early else 0.0
+        """How long before ``AgentCalled`` the ring-up starts (the caller's channel, the queue)."""
+        self.ring_up = b"".join(f for _, f in early)
+        self.same_instant = b"".join(f for t, f in events[len(early) : called])
+        """The events of ``AgentCalled``'s own instant before it (``QueueCallerJoin``, the agent's
+        Local channel): written just before ``t0``, as Asterisk writes them back to back."""
         bursts: list[tuple[float, list[bytes]]] = []
         for t, frame in events[called:]:
             offset = max(0.0, t - t_called)
@@ -369,8 +374,9 @@ class CallTemplate:
         self.events = len(events)
         self.length = self.bursts[-1].offset
 
-    def render(self, call: int, agent: int, caller: Caller) -> tuple[str, bytes, list[Burst]]:
-        """(call id, the ring-up, the bursts from ``AgentCalled`` on) of call number ``call``."""
+    def render(self, call: int, agent: int, caller: Caller) -> tuple[str, bytes, bytes, list[Burst]]:
+        """(call id, the ring-up, the same-instant events, the bursts from ``AgentCalled`` on) of
+        call number ``call``."""
         epoch = b"1800000000"
         base = call * 10
 
@@ -383,7 +389,8 @@ class CallTemplate:
             return data.replace(b"Jane Doe", caller.name.encode())
 
         call_id = f"{epoch.decode()}.{base}"
-        return call_id, rewrite(self.ring_up), [Burst(b.offset, rewrite(b.data)) for b in self.bursts]
+        bursts = [Burst(b.offset, rewrite(b.data)) for b in self.bursts]
+        return call_id, rewrite(self.ring_up), rewrite(self.same_instant), bursts
 
 
 # --- the agents' pages --------------------------------------------------------------------------------
@@ -589,6 +596,9 @@ async def drive(
     start_call: Any,
     write: Any,
     server_pid: int,
+    *,
+    before: Any = None,
+    lead: float = 0.0,
 ) -> tuple[Window, int]:
     """Start call n every 1/rate s (``start_call(n)`` writes its first bytes and returns the
     later writes with their offsets); write those when due. The window runs from the first
@@ -598,10 +608,18 @@ async def drive(
     first_measured = int(plan.warmup * plan.rate)
     heap: list[tuple[float, int, bytes]] = []
     order = 0
+    pre: dict[int, int] = {}
+    """Heap entries that are a call's ring-up, by order: rendered when due (``before(k)``)."""
     window = Window()
     wall0 = cpu0 = load0 = 0.0
-    start = loop.time() + 0.05
+    start = loop.time() + 0.05 + lead
     n = 0
+    if before is not None:
+        for k in range(total):
+            order += 1
+            heap.append((start + k / plan.rate - lead, order, b""))
+            pre[order] = k
+        heapq.heapify(heap)
     while n < total or heap:
         now = loop.time()
         next_call = start + n / plan.rate if n < total else float("inf")
@@ -613,7 +631,8 @@ async def drive(
         if next_due <= next_call:
             parts = []
             while heap and heap[0][0] <= now:
-                parts.append(heapq.heappop(heap)[2])
+                _, key, data = heapq.heappop(heap)
+                parts.append(before(pre.pop(key)) if key in pre else data)
             await write(b"".join(parts))
             continue
         if n == first_measured:
@@ -769,9 +788,9 @@ async def run_callbridge(
                 async def start_call(n: int) -> Later:
                     agent = plan.agents[n]
                     caller = plan.callers[n]
-                    call_id, ring_up, bursts = template.render(n, agent, caller)
+                    call_id, _, same_instant, bursts = rendered.pop(n)
                     call_ids[n] = call_id
-                    await pbx.send_raw(ring_up)
+                    await pbx.send_raw(same_instant)
                     tally.sent[call_id] = Sent(
                         call_id,
                         f"agent{agent}",
@@ -782,7 +801,15 @@ async def run_callbridge(
                     await pbx.send_raw(bursts[0].data)
                     return [(b.offset, b.data) for b in bursts[1:]]
 
-                window, first = await drive(plan, start_call, pbx.send_raw, process.pid)
+                rendered: dict[int, tuple[str, bytes, bytes, list[Burst]]] = {}
+
+                def before(n: int) -> bytes:
+                    rendered[n] = template.render(n, plan.agents[n], plan.callers[n])
+                    return rendered[n][1]
+
+                window, first = await drive(
+                    plan, start_call, pbx.send_raw, process.pid, before=before, lead=template.lead
+                )
                 measured = [c for c in tally.sent.values() if c.measured]
                 await wait_acked(tally, [c.call_id for c in measured], args.drain)
                 await asyncio.sleep(0.5)
@@ -989,7 +1016,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.committed:
         print(f"  service and import from the last commit ({tree.relative_to(ROOT)}), not the working tree")
     db = build_database(folder, args.customers, reuse=args.reuse, seed=args.seed, tree=tree)
-    template = CallTemplate()
+    template = CallTemplate(drop=frozenset(e.encode() for e in args.drop_events.split(",") if e))
     callers = load_callers(db, args.customers)
     plan = make_plan(args, callers, template.length)
     print(
@@ -1043,6 +1070,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 agents, 10k customers, 10 pops/s, 10 s")
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for the last acks")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--drop-events",
+        default="",
+        metavar="NAMES",
+        help="events left out of every call, as a manager.conf eventfilter would (e.g. VarSet,Newexten)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
