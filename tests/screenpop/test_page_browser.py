@@ -328,5 +328,18 @@ async def test_an_unknown_callers_card_creates_the_customer_and_shows_the_profil
         customer_id = await card.locator(".customer").get_attribute("data-customer-id")
         assert customer_id == created[0].customer.id
         await page.screenshot(path=screenshot_path("agent-page-created.png"), full_page=True)
+
+        # Click-to-dial from the card: the service asks the PBX to ring Alice's phone first.
+        await card.locator("button.dial-number").click()
+        status = card.locator(".identity-phone .dial-status")
+        await eventually(lambda: pbx.actions_named("Originate") != [], 10 * unit, "the Originate at the PBX")
+        await page.wait_for_function(
+            "s => document.querySelector(s).textContent.startsWith('calling')",
+            arg="article.pop .identity-phone .dial-status",
+            timeout=5_000 * unit,
+        )
+        assert await status.inner_text() == "calling +14155550123: your phone rings first"
+        originate = pbx.actions_named("Originate")[0]
+        assert (originate.get("Exten"), originate.get("Channel")) == ("+14155550123", "Local/agent1@agents/n")
         await context.close()
         assert watch.problems == []
