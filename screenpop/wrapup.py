@@ -28,7 +28,10 @@ Rule 3 (timeline). A submit appends ONE ``call`` interaction to the customer's t
 Rule 4 (pause). With ``pause`` on, an agent is paused (``PauseAgent(paused=True)``) when an
         answered call of theirs ends without a wrap-up yet, and resumed when their last such
         call is wrapped up or ``max_seconds`` after the latest of those calls ended (0: no
-        limit). A call wrapped up before it ends causes no pause.
+        limit). A call wrapped up before it ends causes no pause. The shell leaves alone an
+        agent already paused for another reason (and never resumes them), and tries a resume
+        that failed (the PBX link down) again every ``resume_retry`` seconds: an AMI error is
+        logged and reported in the submit's answer, never raised.
 """
 
 from __future__ import annotations
@@ -375,7 +378,10 @@ class WrapupService:
         agent_names: Mapping[str, str] | None = None,
         on_outcome: Callable[[dict[str, Any]], object] | None = None,
         clock: Callable[[], float] = time.time,
+        resume_retry: float = 5.0,
     ) -> None:
+        """``resume_retry``: seconds between attempts to resume an agent whose resume failed (the
+        PBX link was down): the pause is real in Asterisk and must not outlive the wrap-up."""
         self.desk = desk
         self.store = store
         self._send_action = send_action
@@ -387,6 +393,9 @@ class WrapupService:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused_by_us: set[str] = set()
+        self._resume_failed: dict[str, tuple[str, float]] = {}
+        """Agents whose resume failed: the reason and when to try again."""
+        self._resume_retry = resume_retry
 
     async def start(self) -> None:
         self._tasks = [
@@ -543,12 +552,22 @@ class WrapupService:
     async def _time(self) -> None:
         while True:
             deadline = self.desk.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            due = [
+                *([deadline] if deadline is not None else []),
+                *(d for _, d in self._resume_failed.values()),
+            ]
+            timeout = max(0.0, min(due) - self._clock()) if due else None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             self._wake.clear()
-            self._queue_pauses(self.desk.tick(self._clock()))
+            now = self._clock()
+            retries = []
+            for agent, (reason, at) in list(self._resume_failed.items()):
+                if at <= now:
+                    del self._resume_failed[agent]
+                    retries.append(PauseAgent(agent, False, reason))
+            self._queue_pauses([*self.desk.tick(now), *retries])
 
     async def _apply(self, command: PauseAgent) -> dict[str, Any]:
         """``QueuePause`` on each of the agent's queue-member interfaces (no ``Queue``: Asterisk
@@ -589,7 +608,11 @@ class WrapupService:
                 errors.append(f"{interface}: {result.message or result.response.name}")
         if command.paused:
             self._paused_by_us.add(agent_id)
-        elif not errors:
+            self._resume_failed.pop(agent_id, None)
+        elif errors:
+            self._resume_failed[agent_id] = (command.reason, self._clock() + self._resume_retry)
+            self._wake.set()
+        else:
             self._paused_by_us.discard(agent_id)
         verb = "paused" if command.paused else "resumed"
         if errors:

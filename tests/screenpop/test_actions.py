@@ -363,3 +363,39 @@ async def test_a_body_that_is_not_a_json_object_is_400(tmp_path: Path, path: str
         async with alice.http.post(path, data="[1]", headers={"Origin": alice.origin}) as response:
             assert response.status == 400
             assert (await response.json())["error"]["code"] == "invalid-json"
+
+
+async def test_a_pbx_gone_at_the_submit_is_reported_and_the_wrap_up_still_stored(tmp_path: Path) -> None:
+    async with running(tmp_path, configure=with_pause(60)) as run:
+        pop_id = await ended_pop(run)
+        await wait_for_actions(run.pbx, "QueuePause", 1)
+        await run.pbx.stop()
+        async with asyncio.timeout(10):
+            while run.service.client.connected:
+                await asyncio.sleep(0.01)
+        status, body = await run.pages["agent1"].post(
+            "/agent/wrapup", {"pop_id": pop_id, "disposition": "resolved"}
+        )
+        assert status == 200 and body["stored"] is True
+        assert body["pause"]["ok"] is False and "no AMI link" in body["pause"]["error"]
+        assert len(await run.store.timeline(run.customers["jane"], channels=[Channel.CALL])) == 1
+
+
+async def test_a_failed_resume_is_tried_again_once_the_pbx_is_back(tmp_path: Path) -> None:
+    async with running(tmp_path, configure=with_pause(60)) as run:
+        wrapup = run.service.wrapup
+        assert wrapup is not None
+        wrapup._resume_retry = 0.2
+        pop_id = await ended_pop(run)
+        await wait_for_actions(run.pbx, "QueuePause", 1)
+        restart = asyncio.create_task(run.pbx.restart(delay=1.0))
+        async with asyncio.timeout(10):
+            while run.service.client.connected:
+                await asyncio.sleep(0.01)
+        status, body = await run.pages["agent1"].post(
+            "/agent/wrapup", {"pop_id": pop_id, "disposition": "resolved"}
+        )
+        assert status == 200 and body["pause"]["ok"] is False
+        await restart
+        actions = await wait_for_actions(run.pbx, "QueuePause", 2)
+        assert [pause_fields(a)[1] for a in actions] == ["true", "false"]
