@@ -343,3 +343,37 @@ async def test_an_unknown_callers_card_creates_the_customer_and_shows_the_profil
         assert (originate.get("Exten"), originate.get("Channel")) == ("+14155550123", "Local/agent1@agents/n")
         await context.close()
         assert watch.problems == []
+
+
+async def test_an_unknown_callers_number_is_linked_to_a_customer_found_by_name(
+    tmp_path: Path, browser: Browser, unit: float
+) -> None:
+    jane_id = ""
+
+    async def jane_without_phone(store: SQLiteStore) -> None:
+        nonlocal jane_id
+        jane_id = (await store.create_customer("Jane Doe", identities=[("email", "jane@example.com")])).id
+
+    async with service_with_pbx(tmp_path, jane_without_phone) as (service, pbx, origin):
+        assert service.store is not None
+        context = await browser.new_context()
+        page = await context.new_page()
+        watch = Watch()
+        watch.attach(page)
+        await log_in(page, origin, "agent1", unit)
+        pbx.resume_replay()
+        pbx.pause_replay(at=1.0)
+        card = page.locator("article.pop")
+        await card.locator("form.link-customer").wait_for(timeout=10_000 * unit)
+        link = card.locator("form.link-customer")
+        await link.locator("input[name=q]").fill("Jane")
+        await link.locator("button[type=submit]").click()
+        await link.locator(".link-results button").click()
+        await card.locator(f'.customer[data-customer-id="{jane_id}"]').wait_for(timeout=10_000 * unit)
+        assert await card.locator("h2.caller").inner_text() == "Jane Doe"
+        assert await card.locator(".linked").inner_text() == "Number linked to Jane Doe."
+        phones = await card.locator(".identity-phone .value").all_inner_texts()
+        assert phones == ["+14155550123"]
+        assert [c.customer.id for c in await service.store.lookup_phone("+14155550123")] == [jane_id]
+        await context.close()
+        assert watch.problems == []
