@@ -119,7 +119,7 @@ async def service_with_pbx(
         dataclasses.replace(a, password_hash=hash_password(PASSWORDS[a.id])) if a.id in PASSWORDS else a
         for a in base.agents
     )
-    async with FakePBX(["queue_answered"], speed=1.0) as pbx:
+    async with FakePBX(["queue_answered"], speed=5.0) as pbx:
         pbx.pause_replay(at=0.001)  # hold the call until the agent's page is connected
         settings = dataclasses.replace(
             base,
