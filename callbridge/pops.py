@@ -78,7 +78,10 @@ class PopPipeline:
                     log.exception("pop %s for agent %s not delivered", command.pop_id, command.agent_id)
                 self._tell_others(command, payload, now)
             if self.wrapup is not None:
-                self.wrapup.observe_call(event.call, now)
+                try:
+                    self.wrapup.observe_call(event.call, now)
+                except Exception:
+                    log.exception("call %s: the wrap-up desk missed a change", event.call.id)
 
     def _tell_others(self, command: PopCommand, payload: Mapping[str, Any] | None, now: float) -> None:
         if self.wrapup is not None:

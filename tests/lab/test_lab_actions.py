@@ -116,15 +116,18 @@ async def test_click_to_dial_rings_the_agents_device_then_reaches_the_customer(
         assert body["message"] == "Originate successfully queued"
 
         def answered_by_agent1(call: Call) -> bool:
-            return any(leg.agent == "agent1" and leg.answered for leg in call.legs)
+            # Click-to-dial starts on the agent's device: the model calls that "internal".
+            return call.direction == "internal" and any(
+                leg.agent == "agent1" and leg.answered for leg in call.legs
+            )
 
-        seen: list[Call] = []
-        async with asyncio.timeout(20):
-            while not seen or not answered_by_agent1(seen[-1]):
+        calls: dict[str, Call] = {}  # the lab may still be ending an earlier test's call
+        async with asyncio.timeout(30):
+            while not any(map(answered_by_agent1, calls.values())):
                 event = await changes.get()
                 if isinstance(event, CallChanged):
-                    seen.append(event.call)
-        call = seen[-1]
+                    calls[event.call.id] = event.call
+        call = next(c for c in calls.values() if answered_by_agent1(c))
         assert call.live and service.model.get_call(call.id) is not None
         agent_leg = next(leg for leg in call.legs if leg.agent == "agent1")
         assert agent_leg.channel.startswith("Local/agent1@agents")
