@@ -486,7 +486,7 @@
         el(
           "p",
           { class: "warning dnc", role: "alert" },
-          `Do not call (${entry.scope}${entry.target ? ` ${entry.target}` : ""})`,
+          entry.scope === "number" ? `Do not call ${entry.target}` : `Do not call (${entry.scope})`,
           entry.reason ? `: ${entry.reason}` : "",
           entry.until ? ` until ${fmtTime(entry.until)}` : "",
         ),

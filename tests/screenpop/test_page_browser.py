@@ -25,6 +25,7 @@ import pytest
 from callbridge.fakepbx import FakePBX
 from callbridge.service import Service
 from callbridge.settings import load_settings
+from customers.model import Value
 from customers.sqlite_store import SQLiteStore
 from screenpop import PopAssembler, RetractPop, RetractReason, ShowPop, hash_password
 
@@ -257,6 +258,14 @@ async def test_markup_in_a_customer_is_text_and_an_unanswered_retract_greys_then
     async def mallory(store: SQLiteStore) -> None:
         customer = await store.create_customer(MARKUP, identities=[("phone", "+1 415 555 0199")])
         await store.add_note(customer.id, MARKUP, f"note {MARKUP}")
+        await store.append_interaction(customer.id, "email", at=time.time() - 60, summary=f"re: {MARKUP}")
+        await store.add_do_not_call("customer", customer.id, source="test", reason="asked twice")
+        await store.set_channel_permission(customer.id, "sms", False)
+        await store.set_value(customer.id, Value(score=87.0, explanation="orders often"))
+        await store.set_segments("vip", [customer.id], time.time())
+        for name in ("Ann One", "Ann Two"):
+            ann = await store.create_customer(name)
+            await store.add_identity(ann.id, "phone", "+1 415 555 0177", shared=True)
 
     async with service_with_pbx(tmp_path, mallory) as (service, _pbx, origin):
         assert service.store is not None
@@ -286,13 +295,33 @@ async def test_markup_in_a_customer_is_text_and_an_unanswered_retract_greys_then
         assert await card.locator(".note-text").inner_text() == f"note {MARKUP}"
         assert "main" in await card.locator(".ivr").inner_text()
         assert await page.locator("#pops img").count() == 0
+        assert await card.locator(".dnc").inner_text() == "Do not call (customer): asked twice"
+        assert await card.locator(".consent").inner_text() == "No consent: sms"
+        assert await card.locator(".segment").all_inner_texts() == ["vip"]
+        assert "87 (orders often)" in await card.locator("dl.profile").inner_text()
+        assert await card.locator(".channel-email .summary").inner_text() == f"re: {MARKUP}"
         await eventually(lambda: service.hub.latency().count == 1, 5 * unit, "the ack at the hub")
         await page.screenshot(path=screenshot_path("agent-page-markup.png"), full_page=True)
 
+        # Two customers share a number: the agent picks the caller.
+        shared = ShowPop("x2:agent1:1", "agent1", "x2", facts | {"caller_num": "+14155550177"})
+        shared_payload = await PopAssembler(service.store).assemble(shared)
+        assert shared_payload["match"] == "ambiguous"
+        await service.hub.publish(shared, shared_payload, t0=time.time())
+        ambiguous = page.locator('article.pop[data-pop-id="x2:agent1:1"]')
+        await ambiguous.wait_for(timeout=10_000 * unit)
+        assert await ambiguous.locator(".candidate-name").all_inner_texts() == ["Ann One", "Ann Two"]
+        await ambiguous.locator(".candidate", has_text="Ann Two").locator("button.pick").click()
+        assert await ambiguous.locator(".candidate.chosen .candidate-name").inner_text() == "Ann Two"
+        await service.hub.publish(RetractPop(shared.pop_id, "agent1", RetractReason.ANSWERED_ELSEWHERE))
+        await ambiguous.and_(page.locator(".phase-gone")).wait_for(timeout=5_000 * unit)
+
+        card = page.locator('article.pop[data-pop-id="x1:agent1:1"]')
         await service.hub.publish(RetractPop(show.pop_id, "agent1", RetractReason.CALLER_HUNG_UP))
         await page.wait_for_selector("article.pop.phase-gone", timeout=5_000 * unit)
         assert await card.locator(".reason").inner_text() == "the caller hung up"
         await card.wait_for(state="detached", timeout=10_000 * unit)
+        assert await page.locator("article.pop").count() == 0
         await context.close()
         assert watch.problems == []
 
