@@ -110,7 +110,7 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float
 
 @asynccontextmanager
 async def service_with_pbx(
-    tmp_path: Path, store_setup: Callable[[SQLiteStore], Awaitable[None]]
+    tmp_path: Path, store_setup: Callable[[SQLiteStore], Awaitable[None]], scenario: str = "queue_answered"
 ) -> AsyncIterator[tuple[Service, FakePBX, str]]:
     db = tmp_path / "customers.db"
     async with SQLiteStore(db) as store:
@@ -120,7 +120,7 @@ async def service_with_pbx(
         dataclasses.replace(a, password_hash=hash_password(PASSWORDS[a.id])) if a.id in PASSWORDS else a
         for a in base.agents
     )
-    async with FakePBX(["queue_answered"], speed=5.0) as pbx:
+    async with FakePBX([scenario], speed=5.0) as pbx:
         pbx.pause_replay(at=0.001)  # hold the call until the agent's page is connected
         settings = dataclasses.replace(
             base,
@@ -404,5 +404,53 @@ async def test_an_unknown_callers_number_is_linked_to_a_customer_found_by_name(
         phones = await card.locator(".identity-phone .value").all_inner_texts()
         assert phones == ["+14155550123"]
         assert [c.customer.id for c in await service.store.lookup_phone("+14155550123")] == [jane_id]
+        await context.close()
+        assert watch.problems == []
+
+
+async def test_an_outbound_pop_shows_the_campaign_lead_and_hold_updates_the_card(
+    tmp_path: Path, browser: Browser, unit: float
+) -> None:
+    async def lead(store: SQLiteStore) -> None:
+        await store.create_customer("Olivia Lead", customer_id="C-100042")
+
+    async with service_with_pbx(tmp_path, lead, "originate_answered") as (_service, pbx, origin):
+        context = await browser.new_context()
+        page = await context.new_page()
+        watch = Watch()
+        watch.attach(page)
+        await log_in(page, origin, "agent1", unit)
+        pbx.resume_replay()
+        pbx.pause_replay(at=4.0)
+        card = page.locator("article.pop[data-state=ringing]")
+        await card.wait_for(timeout=10_000 * unit)
+        assert await card.locator("h2.caller").inner_text() == "Olivia Lead"
+        assert await card.locator(".campaign").inner_text() == "Campaign: renewals-q3 · lead C-100042"
+        assert await card.locator(".call-direction").inner_text() == "outbound"
+        await context.close()
+        assert watch.problems == []
+
+
+async def test_hold_and_unhold_update_the_card(tmp_path: Path, browser: Browser, unit: float) -> None:
+    async def nobody(store: SQLiteStore) -> None:
+        return None
+
+    async with service_with_pbx(tmp_path, nobody, "hold_moh") as (_service, pbx, origin):
+        context = await browser.new_context()
+        page = await context.new_page()
+        watch = Watch()
+        watch.attach(page)
+        await log_in(page, origin, "agent1", unit)
+        pbx.resume_replay()
+        pbx.pause_replay(at=10.0)
+        card = page.locator("article.pop")
+        await page.locator("article.pop[data-state=held]").wait_for(timeout=10_000 * unit)
+        assert await card.locator(".badge").inner_text() == "on hold"
+        assert await card.locator(".reason").inner_text() == "on hold"
+        pbx.resume_replay()
+        pbx.pause_replay(at=14.0)
+        await page.locator("article.pop[data-state=answered]").wait_for(timeout=10_000 * unit)
+        assert await card.locator(".reason").inner_text() == "back from hold"
+        assert await card.count() == 1
         await context.close()
         assert watch.problems == []
