@@ -180,7 +180,8 @@ class _Hook:
         self._wakeup.set()
 
     def start(self, session: aiohttp.ClientSession) -> None:
-        self._task = asyncio.create_task(self._run(session), name=f"webhook {self.settings.url}")
+        name = f"webhook {_redacted_url(self.settings.url)}"
+        self._task = asyncio.create_task(self._run(session), name=name)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
