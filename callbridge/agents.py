@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from callbridge.settings import AgentSettings
+from screenpop.actions import AgentProfile
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +143,41 @@ def _read(path: Path) -> tuple[dict[str, AgentSettings], set[str]]:
     if not isinstance(removed, list) or not all(isinstance(r, str) for r in removed):
         raise AgentsFileError(f"{path}: removed: expected a list of agent ids")
     return changed, set(removed)
+
+
+class AgentProfiles(Mapping[str, AgentProfile]):
+    """The agent page's view of the directory (name, click-to-dial device), always current."""
+
+    def __init__(self, directory: AgentDirectory) -> None:
+        self._directory = directory
+
+    def __getitem__(self, agent_id: str) -> AgentProfile:
+        agent = self._directory.get(agent_id)
+        if agent is None:
+            raise KeyError(agent_id)
+        return AgentProfile(agent.id, agent.name, agent.device)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([agent.id for agent in self._directory.all()])
+
+    def __len__(self) -> int:
+        return len(self._directory.all())
+
+
+class AgentNames(Mapping[str, str]):
+    """Agent id -> name, always current (what the wrap-up writes on the timeline)."""
+
+    def __init__(self, directory: AgentDirectory) -> None:
+        self._directory = directory
+
+    def __getitem__(self, agent_id: str) -> str:
+        agent = self._directory.get(agent_id)
+        if agent is None:
+            raise KeyError(agent_id)
+        return agent.name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([agent.id for agent in self._directory.all()])
+
+    def __len__(self) -> int:
+        return len(self._directory.all())

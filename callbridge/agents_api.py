@@ -50,7 +50,6 @@ class AgentAdmin:
     sessions: SessionStore
     publish: Callable[[object], None]
     """The bus's ``publish``: the model's changes (``AgentChanged``, a ringing call now an agent's)."""
-    wrapup: Callable[[str], float] = lambda agent_id: 0.0
     clock: Callable[[], float] = time.time
 
     def view(self, agent: AgentSettings) -> dict[str, Any]:
@@ -70,7 +69,7 @@ class AgentAdmin:
 
     def apply(self, agent: AgentSettings) -> None:
         now = self.clock()
-        config = AgentConfig(agent.id, agent.name, agent.interfaces, self.wrapup(agent.id))
+        config = AgentConfig(agent.id, agent.name, agent.interfaces)
         for change in self.model.set_agent(config, now):
             self.publish(change)
         if agent.password_hash:

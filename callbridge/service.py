@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aiohttp import web as aiohttp_web
 
+from callbridge.agents import AgentDirectory, AgentNames
 from callbridge.bus import Bus, Lagged, Subscription
 from callbridge.console import format_change
 from callbridge.pops import PopPipeline
@@ -43,8 +44,10 @@ class Service:
         """``web=False`` runs the CTI side alone (no customer store, no HTTP server)."""
         self.settings = settings
         self.bus = bus or Bus()
+        self.agents = AgentDirectory.load(settings.agents, settings.agents_file or None)
+        """The agents: the settings' with the changes made through ``/api/agents`` laid over."""
         self.model = CallModel(
-            agents=[AgentConfig(a.id, a.name, a.interfaces) for a in settings.agents],
+            agents=[AgentConfig(a.id, a.name, a.interfaces) for a in self.agents.all()],
             queues=[QueueConfig(q.name, q.wrapup) for q in settings.queues],
         )
         self.client = AMIClient(settings.ami)
@@ -56,7 +59,7 @@ class Service:
         self.http_port: int | None = None
         self.hub = PopHub()
         self.sessions = SessionStore()
-        for agent in settings.agents:
+        for agent in self.agents.all():
             if agent.password_hash:
                 self.sessions.add_account(AgentAccount(agent.id, agent.name, agent.password_hash))
         self.allowed_origins: set[str] = set()
@@ -95,7 +98,7 @@ class Service:
             self.store,
             self.client.send_action,
             self.model,
-            agent_names={a.id: a.name for a in self.settings.agents},
+            agent_names=AgentNames(self.agents),
             on_outcome=lambda outcome: webhooks.publish("wrapup", outcome),
         )
         await self.wrapup.start()

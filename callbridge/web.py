@@ -12,10 +12,12 @@ from typing import Final
 
 from aiohttp import web
 
+from callbridge.agents import AgentProfiles
+from callbridge.agents_api import AgentAdmin, add_agent_routes
 from callbridge.pops import webhook_event
 from callbridge.service import Service
 from customers.api import customer_api
-from screenpop import AgentActions, AgentProfile, add_action_routes, hub_routes
+from screenpop import AgentActions, add_action_routes, hub_routes
 
 SERVICE: Final = web.AppKey("callbridge.service", Service)
 
@@ -24,8 +26,13 @@ def make_app(service: Service) -> web.Application:
     app = web.Application()
     app[SERVICE] = service
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/agent", _to_agent_page)
     if service.store is not None:
-        app.add_subapp("/api/", customer_api(service.store, service.settings.http.api_tokens))
+        api = customer_api(service.store, service.settings.http.api_tokens)
+        add_agent_routes(
+            api, AgentAdmin(service.agents, service.model, service.sessions, service.bus.publish)
+        )
+        app.add_subapp("/api/", api)
     agent_app = hub_routes(service.hub, service.sessions, allowed_origins=service.allowed_origins)
     if service.store is not None and service.wrapup is not None and service.pops is not None:
         screenpop = service.settings.screenpop
@@ -33,7 +40,7 @@ def make_app(service: Service) -> web.Application:
         add_action_routes(
             agent_app,
             AgentActions(
-                agents={a.id: AgentProfile(a.id, a.name, a.device) for a in service.settings.agents},
+                agents=AgentProfiles(service.agents),
                 dispositions=screenpop.dispositions,
                 wrapup=service.wrapup,
                 store=service.store,
@@ -47,6 +54,10 @@ def make_app(service: Service) -> web.Application:
         )
     app.add_subapp("/agent/", agent_app)
     return app
+
+
+async def _to_agent_page(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect("/agent/")
 
 
 async def healthz(request: web.Request) -> web.Response:

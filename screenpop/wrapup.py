@@ -386,7 +386,8 @@ class WrapupService:
         self.store = store
         self._send_action = send_action
         self._model = model
-        self._names = dict(agent_names or {})
+        self._names: Mapping[str, str] = agent_names if agent_names is not None else {}
+        """Read at each wrap-up, so agents renamed at run time are written under their new name."""
         self._on_outcome = on_outcome
         self._clock = clock
         self._jobs: asyncio.Queue[_PauseJob] = asyncio.Queue()

@@ -3,6 +3,8 @@ change routes the next calls and logins at once and survives a restart through t
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +17,15 @@ from aiohttp.test_utils import TestServer
 
 from callbridge.agents import AgentDirectory, AgentsFileError
 from callbridge.agents_api import AgentAdmin, add_agent_routes
-from callbridge.settings import AgentSettings, ApiToken
+from callbridge.fakepbx import FakePBX
+from callbridge.service import Service
+from callbridge.settings import AgentSettings, ApiToken, load_settings
 from cti.model import AgentChanged, AgentConfig, CallModel
 from customers.api import customer_api
 from customers.sqlite_store import SQLiteStore
 from screenpop.sessions import AgentAccount, SessionStore, hash_password
 
+ROOT = Path(__file__).resolve().parents[2]
 OPS = ApiToken("ops", "ops-0123456789abcdef0123456789", role="admin")
 SHOP = ApiToken("shop", "shop-0123456789abcdef012345678")
 FAST = {"n": 2**10}
@@ -127,3 +132,48 @@ def test_an_unreadable_agents_file_names_itself(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(AgentsFileError, match=r"agents\.json: not readable as JSON"):
         AgentDirectory.load([], path)
+
+
+async def test_through_the_service_a_desk_handed_to_a_new_agent_pops_the_next_call_there(
+    tmp_path: Path,
+) -> None:
+    """agent1's device is given to a newcomer through the API; the replayed call rings it and pops
+    at the newcomer's page, who logs in with the password the API set."""
+    base = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
+    async with FakePBX(["queue_answered"], speed=5.0) as pbx:
+        pbx.pause_replay(at=0.001)
+        settings = dataclasses.replace(
+            base,
+            agents_file=str(tmp_path / "agents.json"),
+            ami=dataclasses.replace(base.ami, port=pbx.port, backoff_initial=0.05),
+            customers=dataclasses.replace(base.customers, database=str(tmp_path / "customers.db")),
+            http=dataclasses.replace(base.http, port=0, api_tokens=(OPS,)),
+        )
+        async with Service(settings) as service:
+            assert await asyncio.wait_for(pbx.wait_paused(), 10)
+            origin = f"http://127.0.0.1:{service.http_port}"
+            auth = {"Authorization": f"Bearer {OPS.token}"}
+            async with aiohttp.ClientSession(origin, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+                async with http.delete("/api/agents/agent1", headers=auth) as r:
+                    assert r.status == 204, await r.text()
+                body = {"name": "Grace", "interfaces": ["Local/agent1@agents/n"], "password": "grace-pw-77"}
+                async with http.put("/api/agents/agent9", headers=auth, json=body) as r:
+                    assert r.status == 201, await r.text()
+                async with http.post(
+                    "/agent/login", json={"agent_id": "agent9", "password": "grace-pw-77"}
+                ) as r:
+                    assert r.status == 200, await r.text()
+                async with http.ws_connect("/agent/ws", headers={"Origin": origin}) as ws:
+                    await ws.send_json({"type": "hello", "last_seq": None, "epoch": None})
+                    pbx.resume_replay()
+                    async with asyncio.timeout(10):
+                        while (message := await ws.receive_json())["type"] != "pop":
+                            pass
+                    assert message["call_id"] == "1795581569.0"
+                    assert service.hub.sockets("agent9") == 1 and service.hub.live("agent1") == []
+                    me = await (await http.get("/agent/me")).json()
+                    assert me["name"] == "Grace"
+                async with http.get("/agent", allow_redirects=False) as r:
+                    assert (r.status, r.headers["Location"]) == (308, "/agent/")
+    restarted = AgentDirectory.load(base.agents, tmp_path / "agents.json")
+    assert restarted.get("agent1") is None and restarted.get("agent9") is not None
