@@ -55,9 +55,23 @@ import jsonschema
 import phonenumbers
 import yaml
 
-from customers.identities import is_anonymous, normalise_email, normalise_identity, normalise_phone
+from customers.identities import (
+    _prefix_rules,
+    is_anonymous,
+    normalise_email,
+    normalise_phone,
+    normalise_value,
+)
 from customers.model import Identity, IdentityKind, NewCustomer
-from customers.store import CustomerError, CustomerStore, InvalidInput
+from customers.store import (
+    PLAIN_FIELDS,
+    CustomerError,
+    CustomerStore,
+    IdentityHead,
+    InvalidInput,
+    PlainCustomer,
+    new_customer,
+)
 
 __all__ = [
     "AttributeColumn",
@@ -742,6 +756,7 @@ def _lookup(values: Mapping[str, Any], column: str) -> Any:
 
 _PLAIN_PHONE = re.compile(r"\+?[0-9 ().\-]+")
 _PHONE_PUNCTUATION = str.maketrans("", "", " ().-+")
+_POSSIBLE = (phonenumbers.ValidationResult.IS_POSSIBLE, phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY)
 
 
 class PhoneReader:
@@ -761,6 +776,7 @@ class PhoneReader:
         self._nanp = phonenumbers.country_code_for_region(region) == 1
         self._prefixes: dict[int, re.Pattern[str] | Literal[False] | None] = {}
         self._verdicts: dict[tuple[int, int], int] = {}
+        self._rules = _prefix_rules(region)
 
     def read(self, raw: str) -> tuple[str, str] | str | None:
         """``(e164, extension)``, the reason the text is not a phone number, or None for a
@@ -768,6 +784,10 @@ class PhoneReader:
         fast = self._read_plain(raw)
         if fast is not None:
             return fast
+        if raw[:2] == "00":
+            dialled = self._read_international(raw)
+            if dialled is not None:
+                return dialled
         if is_anonymous(raw):
             return None
         try:
@@ -779,6 +799,44 @@ class PhoneReader:
         if isinstance(again, str):
             return again.replace(repr(phone.e164), repr(raw))
         return phone.e164, phone.extension
+
+    def _read_international(self, raw: str) -> tuple[str, str] | None:
+        """A plain ``00`` form (``0044 20 7946 0958``) as ``normalise_phone`` reads it, when that
+        is certain without ``parse``: in a region whose international prefix is ``00`` it is the
+        ``+`` form; in another (US: ``011``) ``parse`` first reads the digits as a national number,
+        which is refused when the region has no national prefix to strip from them and their length
+        is impossible there, and then reads the ``+`` form. None: ask ``parse`` (also for numbers it
+        refuses, so reasons stay the store's)."""
+        if not _PLAIN_PHONE.fullmatch(raw) or "+" in raw:
+            return None
+        digits = raw.translate(_PHONE_PUNCTUATION)
+        if len(digits) <= 4 or digits[:2] != "00" or digits[2] == "0":
+            return None
+        rules = self._rules
+        if rules is None:
+            return None
+        code, prefix, for_parsing, international = rules
+        idd = international.match(digits) if international is not None else None
+        if idd is not None:
+            if idd.end() != 2:
+                return None
+        else:
+            national = (prefix and digits.startswith(prefix)) or (
+                for_parsing is not None and for_parsing.match(digits) is not None
+            )
+            if national or self._verdict(code, len(digits)) in _POSSIBLE:
+                return None
+        read = self._read_plain("+" + digits[2:])
+        return read if isinstance(read, tuple) else None
+
+    def _verdict(self, code: int, length: int) -> int:
+        """``is_possible_number_with_reason`` of a number of this country and national length:
+        it reads nothing else (leading zeros count in the length)."""
+        verdict = self._verdicts.get((code, length))
+        if verdict is None:
+            number = phonenumbers.PhoneNumber(country_code=code, national_number=int("1" * length))
+            verdict = self._verdicts[code, length] = phonenumbers.is_possible_number_with_reason(number)
+        return verdict
 
     def _read_plain(self, raw: str) -> tuple[str, str] | str | None:
         if not _PLAIN_PHONE.fullmatch(raw):
@@ -810,12 +868,7 @@ class PhoneReader:
         if prefix is False or (prefix is not None and prefix.match(national)):
             return None
         # Whether a number is possible depends on its country and its length only.
-        verdict = self._verdicts.get((code, len(national)))
-        if verdict is None:
-            number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
-            verdict = self._verdicts[code, len(national)] = phonenumbers.is_possible_number_with_reason(
-                number
-            )
+        verdict = self._verdict(code, len(national))
         if verdict == phonenumbers.ValidationResult.IS_POSSIBLE:
             return f"+{code}{national}", ""
         if verdict == phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
@@ -845,12 +898,16 @@ class RowConverter:
         self.source = source
         self.origin = f"import:{source}"
         self.phones = PhoneReader(mapping.region or region)
-        self._identity_specs: list[tuple[IdentityKind, IdentityColumn]] = [
-            *((IdentityKind.PHONE, s) for s in mapping.phones),
-            *((IdentityKind.EMAIL, s) for s in mapping.emails),
-            *((IdentityKind.MEMBER, s) for s in mapping.members),
-            *((IdentityKind.EXTERNAL, s) for s in mapping.external),
-            *((IdentityKind.IM, s) for s in mapping.im),
+        self._identity_specs: list[tuple[IdentityKind, IdentityColumn, str, int]] = [
+            (kind, spec, spec.label.strip(), int(spec.shared))
+            for kind, specs in (
+                (IdentityKind.PHONE, mapping.phones),
+                (IdentityKind.EMAIL, mapping.emails),
+                (IdentityKind.MEMBER, mapping.members),
+                (IdentityKind.EXTERNAL, mapping.external),
+                (IdentityKind.IM, mapping.im),
+            )
+            for spec in specs
         ]
         self._simple = [
             (name, column)
@@ -862,6 +919,13 @@ class RowConverter:
         ]
 
     def convert(self, record: Record) -> NewCustomer | str:
+        """The record as a ``NewCustomer``, or the reason it cannot be one."""
+        plain = self.convert_plain(record)
+        return plain if isinstance(plain, str) else new_customer(plain, self.origin)
+
+    def convert_plain(self, record: Record) -> PlainCustomer | str:
+        """The record as a ``PlainCustomer`` (every field checked, every identity in its stored
+        form: what ``CustomerStore.plain_preparer`` trusts), or the reason it cannot be one."""
         values = record.values
         if values is None:
             return record.problem
@@ -907,8 +971,8 @@ class RowConverter:
                     expected = m.birthday_format or "YYYY-MM-DD or --MM-DD"
                     return f"{m.birthday}: {text!r} is not a date ({expected})"
                 fields["birthday"] = birthday
-        identities: list[Identity | tuple[IdentityKind, str]] = []
-        for kind, spec in self._identity_specs:
+        heads: list[IdentityHead] = []
+        for kind, spec, label, shared in self._identity_specs:
             value = get(spec.column)
             if value.__class__ is str and not spec.split:
                 value = value.strip()
@@ -918,11 +982,11 @@ class RowConverter:
             else:
                 texts = _cell_values(_lookup(values, spec.column), spec.split)
             for text in texts:
-                identity = self._identity(kind, spec, text)
-                if isinstance(identity, str):
-                    return f"{spec.column}: {identity}"
-                if identity is not None:
-                    identities.append(identity)
+                head = self._identity(kind, spec, text, label, shared)
+                if head.__class__ is str:
+                    return f"{spec.column}: {head}"
+                if head is not None:
+                    heads.append(head)  # type: ignore[arg-type]
         attributes: dict[str, Any] = {}
         for attr in m.attributes:
             value = get(attr.column)
@@ -948,55 +1012,36 @@ class RowConverter:
                     return f"{m.value}: value {text!r} is not a number"
                 if not 0 <= score <= 100:
                     return f"{m.value}: value {text} is outside 0..100"
-        return NewCustomer(
-            display_name=display,
-            identities=tuple(identities),
-            fields=fields,
-            attributes=attributes,
-            key=key,
-            source=self.origin,
-            value=score,
+        get_field = fields.get
+        return (
+            key,
+            display,
+            tuple([get_field(name, "") for name in PLAIN_FIELDS]),
+            attributes,
+            tuple(heads),
+            score,
         )
 
     def _identity(
-        self, kind: IdentityKind, spec: IdentityColumn, text: str
-    ) -> Identity | tuple[IdentityKind, str] | str | None:
-        """The identity to store, the reason it cannot be, or None (a caller-id placeholder)."""
+        self, kind: IdentityKind, spec: IdentityColumn, text: str, label: str, shared: int
+    ) -> IdentityHead | str | None:
+        """The identity in its stored form, the reason it cannot be, or None (a caller-id
+        placeholder)."""
         if kind is IdentityKind.PHONE:
             read = self.phones.read(text)
             if read is None or isinstance(read, str):
                 return read
             e164, extension = read
-            return Identity(
-                kind,
-                e164,
-                raw=text,
-                label=spec.label,
-                extension=extension,
-                shared=spec.shared,
-                source=self.origin,
-            )
-        if kind is IdentityKind.EMAIL and not spec.label and not spec.shared:
-            # The store keeps what it is given as ``raw`` and normalises again: a (kind, text)
-            # pair says all an unlabelled email needs, and costs both sides less than an Identity.
-            try:
-                normalise_email(text, field="identity")
-            except InvalidInput as exc:
-                return str(exc).partition(": ")[2]
-            return (kind, text)
+            return ("phone", "", e164, text, label, extension, shared, 0)
         try:
-            return normalise_identity(
-                kind,
-                text,
-                system=spec.system,
-                region=self.phones.region,
-                field="identity",
-                label=spec.label,
-                shared=spec.shared,
-                source=self.origin,
+            if kind is IdentityKind.EMAIL:
+                return ("email", "", normalise_email(text, field="identity"), text, label, "", shared, 0)
+            normal, system, extension = normalise_value(
+                kind, text, spec.system, self.phones.region, "identity"
             )
         except InvalidInput as exc:
             return str(exc).partition(": ")[2]
+        return (kind.value, system, normal, text, label, extension, shared, 0)
 
 
 def _cell_values(value: Any, split: str) -> list[str]:
@@ -1282,20 +1327,21 @@ def _start_worker(converter: RowConverter) -> None:
 
 
 def _convert_in_worker(
-    records: list[Record], prepare: Callable[[Sequence[NewCustomer]], object]
+    records: list[Record], prepare: Callable[[Sequence[PlainCustomer]], object]
 ) -> tuple[list[str | None], object]:
     assert _worker_converter is not None
     return _convert_batch(_worker_converter, records, prepare)
 
 
 def _convert_batch(
-    converter: RowConverter, records: Sequence[Record], prepare: Callable[[Sequence[NewCustomer]], object]
+    converter: RowConverter, records: Sequence[Record], prepare: Callable[[Sequence[PlainCustomer]], object]
 ) -> tuple[list[str | None], object]:
     """Each record's reject reason (None: it is in the batch), and the store's prepared batch."""
     outcomes: list[str | None] = []
-    customers: list[NewCustomer] = []
+    customers: list[PlainCustomer] = []
+    convert = converter.convert_plain
     for record in records:
-        result = converter.convert(record)
+        result = convert(record)
         if isinstance(result, str):
             outcomes.append(result)
         else:
@@ -1490,7 +1536,7 @@ async def import_file(
             """The window's records converted and prepared for the store: in the worker while
             this process commits the previous batch, or here."""
             window.end_offset, window.end_line = reader.offset, reader.line
-            prepare = store.batch_preparer()
+            prepare = store.plain_preparer(converter.origin)
             if pool is None:
                 done = loop.create_future()
                 done.set_result(_convert_batch(converter, window.records, prepare))

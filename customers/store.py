@@ -11,6 +11,7 @@ a message that says what and where; a failed write changes nothing (one transact
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -31,6 +32,19 @@ from customers.model import (
     Profile,
     Value,
 )
+
+PLAIN_FIELDS = ("given_name", "family_name", "company", "language", "timezone", "birthday")
+
+IdentityHead = tuple[str, str, str, str, str, str, int, int]
+"""An identity in its stored form, as plain values: (kind, system, value, raw, label, extension,
+shared, verified); ``value`` normalised (E.164, lower-cased email ...), ``label`` trimmed."""
+
+PlainCustomer = tuple[str, str, tuple[str, ...], dict[str, Any], tuple[IdentityHead, ...], float | None]
+"""A checked row as plain values, the importer's unit (cheap to make and to pickle): (key,
+display_name, the ``PLAIN_FIELDS`` in order with "" for none, attributes, identities, value
+score or None). Whoever makes one has checked it: a display name, fields trimmed, a valid time
+zone and birthday, identities normalised without repeats of a (kind, system, value) being
+needed, a score in 0..100. The store still refuses what only it limits (a field's length)."""
 
 
 class CustomerError(Exception):
@@ -112,6 +126,12 @@ class CustomerStore(abc.ABC):
         ``create_prepared``. Ask for one per batch: it carries the batch's time stamp. The default
         prepares nothing."""
         return _unprepared
+
+    def plain_preparer(self, source: str) -> Callable[[Sequence[PlainCustomer]], object]:
+        """As ``batch_preparer()``, for rows the caller has checked and normalised already
+        (``PlainCustomer``): the store trusts them and only builds its statements. ``source``
+        is what the rows store as theirs (``import:crm``). The default makes ``NewCustomer``s."""
+        return functools.partial(_plain_to_new, source, self.batch_preparer())
 
     async def create_prepared(self, prepared: object) -> BatchResult:
         """Store what ``batch_preparer()`` returned, as ``create_customers`` stores its batch."""
@@ -284,3 +304,36 @@ class CustomerStore(abc.ABC):
 
 def _unprepared(batch: Sequence[NewCustomer]) -> object:
     return batch
+
+
+def new_customer(plain: PlainCustomer, source: str) -> NewCustomer:
+    """A ``PlainCustomer`` as the ``NewCustomer`` it stands for (``source``: its rows' source)."""
+    key, display, fields, attributes, heads, score = plain
+    return NewCustomer(
+        display_name=display,
+        identities=tuple(
+            Identity(
+                IdentityKind(kind),
+                value,
+                system=system,
+                raw=raw,
+                label=label,
+                extension=extension,
+                shared=bool(shared),
+                verified=bool(verified),
+                source=source,
+            )
+            for kind, system, value, raw, label, extension, shared, verified in heads
+        ),
+        fields={name: text for name, text in zip(PLAIN_FIELDS, fields, strict=True) if text},
+        attributes=attributes,
+        key=key,
+        source=source,
+        value=score,
+    )
+
+
+def _plain_to_new(
+    source: str, prepare: Callable[[Sequence[NewCustomer]], object], batch: Sequence[PlainCustomer]
+) -> object:
+    return prepare([new_customer(plain, source) for plain in batch])
