@@ -1194,15 +1194,88 @@ class ImportReport:
 
 
 @dataclass(slots=True)
-class _Window:
-    """The records between two checkpoints: one batch for the store plus the rows rejected on
-    the way; committed, then written out, then checkpointed, in that order (rule 4)."""
+class _Batch:
+    """The records between two checkpoints, read and converted (in the worker process, or
+    here): one batch for the store plus the rows rejected on the way; committed, then written
+    out, then checkpointed, in that order (rule 4)."""
 
-    records: list[Record] = field(default_factory=list)
+    records: int = 0
+    """Records read: stored plus rejected."""
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
+    """(row, reason, raw) of the records rejected before the store."""
+    rows: list[int] = field(default_factory=list)
+    """The row of each record handed to the store, in the order of ``prepared``."""
+    raws: list[str] = field(default_factory=list)
+    """Their text, for the rows the store refuses."""
+    prepared: object = None
     end_offset: int = 0
     end_line: int = 0
     last_row: int = 0
+    done: bool = False
+    """The input ended in this batch."""
+
+
+class _BatchReader:
+    """Reads, converts and prepares the input one batch at a time, from where the checkpoint
+    (or the header) left it. Made in the importing process; with a worker it moves there at
+    the fork and opens the input itself, so the reading's CPU is the worker's too."""
+
+    def __init__(self, path: Path, reader: RecordReader, converter: RowConverter, size: int) -> None:
+        self.path = path
+        self.format: Format = reader.format
+        self.delimiter = reader.delimiter
+        self.encoding = reader.encoding
+        self.max_record_lines = reader.max_record_lines
+        self.header = reader.header
+        self.offset = reader.offset
+        self.line = reader.line
+        self.converter = converter
+        self.size = size
+        self._file: IO[bytes] | None = None
+        self._records: Iterator[Record] | None = None
+        self._reader: RecordReader | None = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = self._reader = self._records = None
+
+    def next_batch(self, prepare: Callable[[Sequence[PlainCustomer]], object]) -> _Batch:
+        """The next ``size`` records (fewer at the end of the input, then ``done``)."""
+        if self._reader is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - read until the import ends
+            self._reader = RecordReader(
+                self._file,
+                self.format,
+                delimiter=self.delimiter,
+                encoding=self.encoding,
+                max_record_lines=self.max_record_lines,
+            )
+            self._reader.header = self.header
+            self._reader.seek(self.offset, self.line)
+            self._records = iter(self._reader)
+        assert self._records is not None
+        batch = _Batch()
+        customers: list[PlainCustomer] = []
+        convert = self.converter.convert_plain
+        records = self._records
+        for record in records:
+            batch.records += 1
+            batch.last_row = record.row
+            result = convert(record)
+            if isinstance(result, str):
+                batch.rejects.append((record.row, result, record.raw))
+            else:
+                customers.append(result)
+                batch.rows.append(record.row)
+                batch.raws.append(record.raw)
+            if batch.records >= self.size:
+                break
+        else:
+            batch.done = True
+        batch.end_offset, batch.end_line = self._reader.offset, self._reader.line
+        batch.prepared = prepare(customers)
+        return batch
 
 
 class _RejectFile:
@@ -1295,14 +1368,14 @@ def read_state(path: str | Path) -> dict[str, Any] | None:
 
 # --- converting in another process --------------------------------------------------------------
 
-_worker_converter: RowConverter | None = None
+_worker_batches: _BatchReader | None = None
 
 
-def _start_worker(converter: RowConverter) -> None:
+def _start_worker(batches: _BatchReader) -> None:
     """A conversion process: the parent's signals are not its business (Ctrl-C reaches the whole
     process group; the parent finishes its batch in flight, this process's work is discarded)."""
-    global _worker_converter
-    _worker_converter = converter
+    global _worker_batches
+    _worker_batches = batches
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -1326,28 +1399,9 @@ def _start_worker(converter: RowConverter) -> None:
     threading.Thread(target=watch, name="import-parent-watch", daemon=True).start()
 
 
-def _convert_in_worker(
-    records: list[Record], prepare: Callable[[Sequence[PlainCustomer]], object]
-) -> tuple[list[str | None], object]:
-    assert _worker_converter is not None
-    return _convert_batch(_worker_converter, records, prepare)
-
-
-def _convert_batch(
-    converter: RowConverter, records: Sequence[Record], prepare: Callable[[Sequence[PlainCustomer]], object]
-) -> tuple[list[str | None], object]:
-    """Each record's reject reason (None: it is in the batch), and the store's prepared batch."""
-    outcomes: list[str | None] = []
-    customers: list[PlainCustomer] = []
-    convert = converter.convert_plain
-    for record in records:
-        result = convert(record)
-        if isinstance(result, str):
-            outcomes.append(result)
-        else:
-            outcomes.append(None)
-            customers.append(result)
-    return outcomes, prepare(customers)
+def _next_batch_in_worker(prepare: Callable[[Sequence[PlainCustomer]], object]) -> _Batch:
+    assert _worker_batches is not None
+    return _worker_batches.next_batch(prepare)
 
 
 WORKER_MIN_BYTES = 1 << 20
@@ -1449,13 +1503,13 @@ async def import_file(
         converter = RowConverter(mapping, source=src, region=region)
         batch = max(1, batch)
 
-        def state_of(window: _Window, *, complete: bool = False) -> dict[str, Any] | None:
-            report.last_row = window.last_row or report.last_row
+        def state_of(done: _Batch, *, complete: bool = False) -> dict[str, Any] | None:
+            report.last_row = done.last_row or report.last_row
             if state_path is None:
                 return None
             return checkpoint | {
-                "offset": window.end_offset,
-                "line": window.end_line,
+                "offset": done.end_offset,
+                "line": done.end_line,
                 "last_row": report.last_row,
                 "rejects_size": reject_file.size,
                 "counts": report.totals(),
@@ -1477,108 +1531,84 @@ async def import_file(
             while persisting:
                 await persisting.pop()
 
-        async def save(window: _Window, *, complete: bool = False) -> None:
-            data = state_of(window, complete=complete)
+        async def save(done: _Batch, *, complete: bool = False) -> None:
+            data = state_of(done, complete=complete)
             await settle()
             persisting.append(asyncio.ensure_future(asyncio.to_thread(persist, data)))
 
-        async def flush(window: _Window, pending: asyncio.Future[tuple[list[str | None], object]]) -> None:
-            """Commit the window's rows, then write its rejects, then checkpoint (rule 4)."""
-            outcomes, prepared = await pending
-            report.rows += len(window.records)
-            customer_rows: list[int] = []
-            customer_raws: list[str] = []
-            for record, outcome in zip(window.records, outcomes, strict=True):
-                if outcome is None:
-                    customer_rows.append(record.row)
-                    customer_raws.append(record.raw)
-                else:
-                    window.rejects.append((record.row, outcome, record.raw))
-                    report.rejected += 1
-            if customer_rows:
-                result = await store.create_prepared(prepared)
+        async def flush(done: _Batch) -> None:
+            """Commit the batch's rows, then write its rejects, then checkpoint (rule 4)."""
+            report.rows += done.records
+            report.rejected += len(done.rejects)
+            rejects = done.rejects
+            if done.rows:
+                result = await store.create_prepared(done.prepared)
                 report.batches += 1
                 report.created += len(result.created)
                 report.updated += len(result.updated)
                 report.repeated += (
-                    len(customer_rows) - len(result.rejected) - len(result.created) - len(result.updated)
+                    len(done.rows) - len(result.rejected) - len(result.created) - len(result.updated)
                 )
                 for index, reason in result.rejected:
-                    window.rejects.append((customer_rows[index], reason, customer_raws[index]))
+                    rejects.append((done.rows[index], reason, done.raws[index]))
                 report.rejected += len(result.rejected)
                 for index, identity, holders in result.duplicates:
                     report.duplicates += 1
                     if len(report.duplicate_findings) < keep_duplicates:
                         report.duplicate_findings.append(
-                            DuplicateFinding(customer_rows[index], identity, holders)
+                            DuplicateFinding(done.rows[index], identity, holders)
                         )
             await settle()  # the previous checkpoint's fsync of the reject file is done
-            reject_file.write(sorted(window.rejects))
-            await save(window)
+            reject_file.write(sorted(rejects))
+            await save(done)
             if progress is not None:
-                progress(_progress(report, window.end_offset, size, started))
+                progress(_progress(report, done.end_offset, size, started))
 
         loop = asyncio.get_running_loop()
-        pool: ProcessPoolExecutor | None = None
         if workers is None:
             workers = 1 if size - reader.offset >= WORKER_MIN_BYTES else 0
+        batches = _BatchReader(path, reader, converter, batch)
+        pool: ProcessPoolExecutor | None = None
         if workers > 0:
-            # fork: the child has the modules and the converter already (no pickling, no start-up
-            # cost) and no job is running on the store's thread at this point.
+            # fork: the child has the modules, the converter and the reader's place already (no
+            # pickling, no start-up cost) and no job is running on the store's thread now.
             pool = ProcessPoolExecutor(
                 1,
                 mp_context=multiprocessing.get_context("fork"),
                 initializer=_start_worker,
-                initargs=(converter,),
+                initargs=(batches,),
             )
 
-        def convert(window: _Window) -> asyncio.Future[tuple[list[str | None], object]]:
-            """The window's records converted and prepared for the store: in the worker while
-            this process commits the previous batch, or here."""
-            window.end_offset, window.end_line = reader.offset, reader.line
+        def next_batch() -> asyncio.Future[_Batch]:
+            """The next batch read, converted and prepared for the store: in the worker while this
+            process commits the one before, or here."""
             prepare = store.plain_preparer(converter.origin)
             if pool is None:
                 done = loop.create_future()
-                done.set_result(_convert_batch(converter, window.records, prepare))
+                done.set_result(batches.next_batch(prepare))
                 return done
-            light = [dataclasses.replace(record, raw="") for record in window.records]
-            return asyncio.wrap_future(pool.submit(_convert_in_worker, light, prepare))
+            return asyncio.wrap_future(pool.submit(_next_batch_in_worker, prepare))
 
-        in_flight: tuple[_Window, asyncio.Future[tuple[list[str | None], object]]] | None = None
-        window = _Window()
+        pending: asyncio.Future[_Batch] | None = next_batch()
         try:
-            for record in reader:
-                window.records.append(record)
-                window.last_row = record.row
-                if len(window.records) >= batch:
-                    # Read ahead: this window converts while the one before commits.
-                    pending = convert(window)
-                    if in_flight is not None:
-                        await flush(*in_flight)
-                        if stop is not None and stop.is_set():
-                            in_flight = None
-                            pending.cancel()
-                            report.interrupted = True
-                            break
-                    in_flight, window = (window, pending), _Window()
-            else:
-                stopped = False
-                if in_flight is not None:
-                    await flush(*in_flight)
-                    in_flight = None
-                    stopped = stop is not None and stop.is_set()
-                if stopped:
-                    report.interrupted = True
-                else:
-                    await flush(window, convert(window))
+            while pending is not None:
+                current = await pending
+                # Read ahead: the next batch converts while this one commits.
+                pending = None if current.done else next_batch()
+                await flush(current)
+                if current.done:
                     report.complete = True
-                    await save(_Window(end_offset=reader.offset, end_line=reader.line), complete=True)
+                    await save(current, complete=True)
+                elif stop is not None and stop.is_set():
+                    report.interrupted = True
+                    break
             await settle()
         finally:
-            if in_flight is not None:
-                in_flight[1].cancel()
+            if pending is not None:
+                pending.cancel()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            batches.close()
             for task in persisting:
                 with contextlib.suppress(BaseException):
                     await task
