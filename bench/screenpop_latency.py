@@ -3,6 +3,9 @@
     python bench/screenpop_latency.py                 # 1,000 agents, 1M customers, 100 pops/s, 60 s
     python bench/screenpop_latency.py --reuse         # keep the customer database of an earlier run
     python bench/screenpop_latency.py --quick         # 100 agents, 10k customers, 10 pops/s, 10 s
+    python bench/screenpop_latency.py --committed     # the service from HEAD, not the working tree
+    python bench/screenpop_latency.py --drop-events VarSet,Newexten   # as a manager.conf eventfilter
+    python bench/screenpop_latency.py --profile       # the service under cProfile (diagnosis only)
 
 Three processes on one host (``time.time()`` is the one clock of every timestamp):
 
