@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _demo(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from callbridge.captures import DEMO_SCENARIOS
-    from callbridge.demo import login_lines, seed_demo_customers, with_demo_logins
+    from callbridge.demo import demo_rules, login_lines, seed_demo_customers, with_demo_logins
     from callbridge.fakepbx import FakePBX
     from callbridge.service import Service
     from customers.sqlite_store import SQLiteStore
@@ -107,7 +107,8 @@ async def _demo(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
         database = Path(args.database)
         database.parent.mkdir(parents=True, exist_ok=True)
         async with SQLiteStore(str(database), default_region=settings.customers.default_region) as store:
-            base = await seed_demo_customers(store, now=time.time(), generated=args.customers)
+            rules = await asyncio.to_thread(demo_rules, settings.customers.segments)
+            base = await seed_demo_customers(store, now=time.time(), generated=args.customers, rules=rules)
         what = (
             f"{base.featured} featured customers and {base.generated:,} generated ones"
             if base.seeded

@@ -16,11 +16,14 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import phonenumbers
 
 from callbridge.settings import AgentSettings, Settings
+from customers.compute import compute_all
 from customers.model import Channel, Identity, IdentityKind, NewCustomer
+from customers.segments import RuleSet, load_rules
 from customers.store import CustomerStore, NotFound
 from screenpop.sessions import hash_password
 
@@ -97,9 +100,15 @@ class DemoBase:
 
 
 async def seed_demo_customers(
-    store: CustomerStore, *, now: float, generated: int = 5000, seed: int = 7
+    store: CustomerStore,
+    *,
+    now: float,
+    generated: int = 5000,
+    seed: int = 7,
+    rules: RuleSet | None = None,
 ) -> DemoBase:
-    """The featured customers with their histories, then ``generated`` random ones."""
+    """The featured customers with their histories, then ``generated`` random ones; then, with
+    segment ``rules``, every value and segment computed as ``customers segments`` does."""
     try:
         await store.get_customer("C-100042")  # the last one _featured creates
     except NotFound:
@@ -117,6 +126,8 @@ async def seed_demo_customers(
             created += len(result.created) + len(result.updated)
             rejected += len(result.rejected)
             batch = []
+    if rules is not None:
+        await compute_all(store, rules, now)
     return DemoBase(featured=5, generated=created, rejected=rejected, seeded=True)
 
 
@@ -279,3 +290,8 @@ def with_demo_logins(settings: Settings) -> Settings:
 
 def login_lines(agents: Sequence[AgentSettings]) -> list[str]:
     return [f"  {agent.id:<10} {agent.name:<8} password: {DEMO_PASSWORD}" for agent in agents]
+
+
+def demo_rules(path: str | Path) -> RuleSet | None:
+    """The segment rules when the file is there (a checkout); an installed demo runs without."""
+    return load_rules(path) if Path(path).exists() else None

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from callbridge.demo import DEMO_PASSWORD, seed_demo_customers
+from callbridge.demo import DEMO_PASSWORD, demo_rules, seed_demo_customers
 from customers.sqlite_store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 async def test_demo_seeds_once_and_its_callers_resolve_to_the_pops_they_show(tmp_path: Path) -> None:
     db = tmp_path / "demo.db"
     async with SQLiteStore(db) as store:
-        first = await seed_demo_customers(store, now=1_790_000_000.0, generated=300)
+        first = await seed_demo_customers(
+            store, now=1_790_000_000.0, generated=300, rules=demo_rules(ROOT / "config" / "segments.yaml")
+        )
         again = await seed_demo_customers(store, now=1_790_000_000.0, generated=300)
         assert (first.seeded, first.featured, first.generated, first.rejected) == (True, 5, 300, 0)
         assert not again.seeded
@@ -30,6 +32,8 @@ async def test_demo_seeds_once_and_its_callers_resolve_to_the_pops_they_show(tmp
         assert jane.customer.display_name == "Jane Doe"
         profile = await store.profile(jane.customer.id)
         assert {"call", "email", "order", "web", "chat", "sms", "visit", "fax"} <= set(profile.latest)
+        assert profile.value is not None and profile.value.source == "rfm" and profile.value.frequency == 5
+        assert "gold_tier" in profile.segments
         shared = await store.lookup_phone("+1 212 555 0147")
         assert sorted(c.customer.display_name for c in shared) == ["Mei Chen", "Robert Chen"]
         (sam,) = await store.lookup_phone("4155550142")
