@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from cti.ami.message import Message
-from cti.model.devices import device_of_channel, device_of_interface, dialed_number
+from cti.model.devices import device_of_channel, device_of_interface, dialed_number, is_number
+from cti.model.records import CallRecord
 from cti.model.snapshots import CallState, Transfer
 from cti.model.transitions import (
     CONNECTED_STATES,
@@ -99,7 +100,7 @@ class EventHandlers(ModelState):
             return
         self._note_dialed(call, leg, msg.get("Context"), msg.get("Exten"))
         changed = self._harvest(call, leg, msg)
-        if state == "Up" and call.state is CallState.DIALING:
+        if state == "Up" and call.state is CallState.DIALING and not call.click_to_dial:
             self._customer_answered(call, now, out)
         elif changed:
             self._emit(call, "variables", out)
@@ -196,16 +197,33 @@ class EventHandlers(ModelState):
         call = dest.call
         if not msg.get("Uniqueid"):
             # An Originate: Asterisk dials the call's first channel itself (no calling channel).
+            if dest is not call.first:
+                return
+            call.originated = True
             number = dialed_number(msg.get("DialString"))
-            if dest is call.first and number is not None and call.direction != "internal":
+            if number is not None and call.direction != "internal":
                 call.direction = "outbound"
                 call.dialed = call.dialed if call.dialed is not None else number
                 if call.state is CallState.ROUTING and not dest.answered:
                     call.state = CallState.DIALING
                     self._emit(call, "dialing", out)
+            elif dest.agent is not None and not call.click_to_dial and call.state is CallState.ROUTING:
+                self._start_click_to_dial(call, dest, now, out)
             return
         src = self._leg(msg, now, out)
         if src is None or src.call is not call:
+            return
+        if call.click_to_dial and call.is_customer(src):
+            if call.state is CallState.DIALING:
+                # The agent's side dials the customer (a trunk): that leg is the customer's phone.
+                self._stop_watching(call)
+                call.customer_leg = dest
+                number = dialed_number(msg.get("DialString"))
+                if call.dialed is None and number is not None:
+                    call.dialed = number
+                    self._emit(call, "dialing", out)
+            elif dest.agent is not None:
+                self._agent_leg_state(dest, call, connected=False, now=now, out=out)
             return
         if call.is_customer(src):
             if src is call.first:
@@ -222,6 +240,13 @@ class EventHandlers(ModelState):
         call = dest.call
         status = msg.get("DialStatus") or ""
         if not msg.get("Uniqueid"):
+            if dest is call.first and call.click_to_dial:
+                # The agent's own device: answering it is taking the call, not the customer's answer.
+                if status == "ANSWER":
+                    self._click_to_dial_taken(call, dest, now, out)
+                else:
+                    self._ring_ended(call, dest, now, out)
+                return
             if dest is call.first and call.direction == "outbound":
                 call.dial_status = status
                 if status == "ANSWER" and call.state is CallState.DIALING:
@@ -230,7 +255,13 @@ class EventHandlers(ModelState):
         src = self._leg(msg, now, out)
         if src is None or src.call is not call:
             return
-        if not call.is_customer(src):
+        if call.click_to_dial and call.is_customer(src) and dest is call.customer_leg:
+            if call.state is CallState.DIALING:
+                call.dial_status = status
+                if status == "ANSWER":
+                    self._click_to_dial_connected(call, dest, now, out)
+            return
+        if not call.is_customer(src) or call.click_to_dial:
             if dest.agent is not None:
                 if status == "ANSWER":
                     self._agent_leg_state(dest, call, connected=True, now=now, out=out)
@@ -253,8 +284,16 @@ class EventHandlers(ModelState):
         leg = self._legs.get(msg.get("Uniqueid") or "")
         if leg is not None:
             call = leg.call
+            changed = False
             if call.originate_id is None:
                 call.originate_id = action_id
+                changed = True
+            exten = msg.get("Exten")
+            if call.click_to_dial and call.dialed is None and is_number(exten):
+                # Rule 2: the Originate's Exten is the number the agent's device now dials.
+                call.dialed = exten
+                changed = True
+            if changed:
                 self._emit(call, "originate", out)
             return
         # A failed Originate names the dial string, not the channel: ``Local/+1415...@customers``.
@@ -278,13 +317,18 @@ class EventHandlers(ModelState):
         # an AGI application, or the next application of a leg that is in an IVR, matters.
         text = msg.text
         if "AGI" not in text:
-            if not self._ivr_legs:
+            if not self._ivr_legs and not self._dialing_legs:
                 return
             found = _UNIQUEID_LINE.search(text)
-            if found is None or found.group(1) not in self._ivr_legs:
+            if found is None or (
+                found.group(1) not in self._ivr_legs and found.group(1) not in self._dialing_legs
+            ):
                 return
         application = msg.get("Application") or ""
         uid = msg.get("Uniqueid") or ""
+        dialing = self._dialing_legs.get(uid)
+        if dialing is not None:
+            self._dialplan_far_end(dialing, msg, application, now, out)
         if application in _AGI_APPS:
             leg = self._legs.get(uid)
             if leg is not None:
@@ -295,6 +339,32 @@ class EventHandlers(ModelState):
         call = self._ivr_legs.get(uid)
         if call is not None and self._leave_ivr(call, now):
             self._emit(call, "ivr_left", out)
+
+    def _dialplan_far_end(
+        self, call: CallRecord, msg: Message, application: str, now: float, out: Out
+    ) -> None:
+        """Rule 4: the agent's click-to-dial leg runs the dial context; its dialplan may be the far end.
+
+        A dialplan that indicates ``Ringing()`` and then runs ``Answer()`` on the already-answered
+        agent's leg is playing the customer's phone (the lab's ``customers`` context): that
+        ``Answer`` is the customer answering. ``Busy()``/``Congestion()`` there is the customer
+        busy or unreachable. An ``Answer`` with no ``Ringing`` before it is only dialplan
+        housekeeping before a ``Dial``.
+        """
+        leg = call.first
+        if leg is None:
+            return
+        exten = msg.get("Exten")
+        if call.dialed is None and is_number(exten):
+            call.dialed = exten
+            self._emit(call, "dialing", out)
+        if application == "Ringing":
+            call.customer_leg = leg
+        elif application in ("Busy", "Congestion"):
+            call.customer_leg = leg
+            call.dial_status = application.upper()
+        elif application == "Answer" and call.customer_leg is leg:
+            self._click_to_dial_connected(call, leg, now, out)
 
     def _on_agi_exec(self, msg: Message, now: float, out: Out) -> None:
         leg = self._leg(msg, now, out)

@@ -20,9 +20,14 @@ Rule 1 (identity). A call is every channel sharing an Asterisk ``Linkedid``; the
 Rule 2 (direction). A call is ``outbound`` when its first leg was originated towards a number:
         a Local channel named after one (``Local/+14155550142@customers``) or an originate
         ``DialBegin`` (no ``Channel``) whose dial string is one. That number is ``dialed`` and the
-        call's ``remote_num``: the CallerID is then our own. A first leg on an agent's device makes
-        it ``internal``; anything else is ``inbound`` and ``dialed`` is the first extension its
-        first leg runs (the DID), ignoring the Local channel's own ``exten@context``.
+        call's ``remote_num``: the CallerID is then our own. A click-to-dial is ``outbound`` too:
+        an originate ``DialBegin`` to a first leg on an agent's device (or a device learnt as an
+        agent's while it rings, Rule 3) makes the call that agent's; ``dialed`` is the number
+        that leg then dials: the ``OriginateResponse`` ``Exten``, the number extension its
+        dialplan runs, or the number in the dial string of the ``Dial`` it places. Another first
+        leg on an agent's device makes the call ``internal``; anything else is ``inbound`` and
+        ``dialed`` is the first extension its first leg runs (the DID), ignoring the Local
+        channel's own ``exten@context``.
 Rule 3 (agents). A device is a channel name without its per-call suffix or a member interface
         without Local options (see ``cti.model.devices``). Agents own devices: declared with
         ``AgentConfig``, or learnt from queue member events (``Interface`` and ``StateInterface``).
@@ -34,12 +39,23 @@ Rule 4 (call states).
                   after leaving a queue unanswered, after a ring nobody answered outside a
                   queue, after the agent hung up while the customer stays).
         DIALING   outbound, from the originate DialBegin until the customer answers (-> ROUTING).
+                  Click-to-dial: from the agent answering their device (the originate DialEnd
+                  ANSWER; the call has its ``agent`` and the agent is ON_CALL) until the customer
+                  answers (-> CONNECTED) or the call ends. The customer is the leg the agent's
+                  side dials (DialBegin; its DialEnd ANSWER connects, another status is the
+                  ``dial_status``), or the agent's own leg when its dialplan plays the phone: a
+                  ``Ringing()`` then ``Answer()`` there is the customer answering, ``Busy()`` /
+                  ``Congestion()`` the customer busy / unreachable (Newexten of that one leg,
+                  watched only while DIALING: the lab's ``customers`` context).
         IVR       AGI or AsyncAGI runs on the customer side (Newexten AGI, AGIExecStart,
                   AsyncAGIStart) until another application runs there, AsyncAGIEnd, or the call
                   queues or dials.
         QUEUED    QueueCallerJoin, until answered, left or ended; a failed ring returns here.
-        RINGING   AgentCalled, or a DialBegin placed by the customer side (to an agent or not).
-        CONNECTED AgentConnect for queue calls, DialEnd ANSWER for plain dials.
+        RINGING   AgentCalled, or a DialBegin placed by the customer side (to an agent or not);
+                  click-to-dial: the agent's device rings (originate DialBegin), and an
+                  unanswered ring there (DialEnd other than ANSWER) goes back to ROUTING.
+        CONNECTED AgentConnect for queue calls, DialEnd ANSWER for plain dials, the customer's
+                  answer for click-to-dial (``answered_at`` = ``customer_answered_at``).
         HELD      Hold, or MusicOnHoldStart, on a leg of a CONNECTED call; Unhold, or the
                   MusicOnHoldStop of that same leg, give CONNECTED back.
         ENDED     the call's last leg hung up, or ``resync`` did not find it.
@@ -48,7 +64,9 @@ Rule 5 (queue answer). For a call in a queue, DialEnd ANSWER only notes the answ
         HoldTime as ``wait_time``. A QueueCallerLeave with no answering leg and no abandon puts
         the call back to ROUTING.
 Rule 6 (dials from the agent side). A dial placed by a leg that is not the customer's (an agent
-        consulting a colleague) rings that agent but does not move the call.
+        consulting a colleague) rings that agent but does not move the call. In a click-to-dial
+        call the first leg is the agent's: its dial while DIALING reaches the customer (Rule 4);
+        once connected, its dials are the agent side's.
 Rule 7 (transfers). BlindTransfer and AttendedTransfer record a transfer. Without one (AMI
         Redirect, a dialplan transfer) a transfer is inferred when a call that was connected to
         agent A rings or queues for another destination from the customer side: the customer
@@ -60,8 +78,13 @@ Rule 8 (agent status). ON_CALL if one of its legs is connected, RINGING if one r
         pauses per queue; a supervisor wants to see any pause, ``paused_queues`` says where),
         else READY.
 Rule 9 (hangup). The call's cause is its first leg's; when that is 0 (Unknown) a non-zero cause
-        of its Local other half wins (busy, congestion show on ``;2``). ``ended_by`` is the side
-        (customer / agent) of the first hangup request on the conversation's legs.
+        of its Local other half wins (busy, congestion show on ``;2``). Click-to-dial: a non-zero
+        cause of the customer's leg wins; a call whose dialplan played ``Busy()`` /
+        ``Congestion()`` and ended with cause 0 (Asterisk's cause there) gets 17 / 34.
+        ``ended_by`` is the side (customer / agent) of the first hangup request on the
+        conversation's legs; in a click-to-dial call the first leg and its Local other half are
+        the agent's side, unless the first leg plays the customer (then its other half is the
+        agent's handset).
 Rule 10 (cost). Messages are dispatched on their name before any header is read; events no
         handler wants (VarSet, Newexten without AGI, DeviceStateChange, Cdr ...) cost a dict
         lookup. Nothing is reported for a message that changed nothing reported.

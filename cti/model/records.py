@@ -104,7 +104,9 @@ class CallRecord:
         "answered_at",
         "cause",
         "cause_text",
+        "click_to_dial",
         "customer_answered_at",
+        "customer_leg",
         "dial_status",
         "dialed",
         "direction",
@@ -127,6 +129,7 @@ class CallRecord:
         "name",
         "num",
         "originate_id",
+        "originated",
         "queue",
         "queued_at",
         "ringing",
@@ -184,6 +187,13 @@ class CallRecord:
         self.ended_by: str | None = None
         self.end_reason: str | None = None
         self.originate_id: str | None = None
+        # The first leg was dialed by an Originate (a DialBegin with no calling channel).
+        self.originated = False
+        # Rule 2: that first leg is an agent's device: the agent's own outbound call.
+        self.click_to_dial = False
+        # Click-to-dial: the customer's phone, i.e. the leg the agent's side dialed, or the
+        # agent's own leg when its dialplan plays the phone (Rule 4).
+        self.customer_leg: LegRecord | None = None
 
     def is_customer(self, leg: LegRecord) -> bool:
         """The first leg and its Local other half are the customer's side of the call."""

@@ -18,7 +18,8 @@ class CallState(Enum):
     * ``ROUTING``: the call runs dialplan with nobody on it yet or any more: a new inbound call
       before its first IVR/queue/dial, after an IVR returns, between a transfer and its
       destination, after the agent left while the customer is still on the line.
-    * ``DIALING``: an outbound call ringing the customer (originated, not answered yet).
+    * ``DIALING``: an outbound call ringing the customer (originated, not answered yet); for a
+      click-to-dial, the agent answered their device and hears the customer's phone ring.
     """
 
     ROUTING = "routing"
@@ -111,7 +112,8 @@ class Call:
     id: str
     state: CallState
     direction: str = "inbound"
-    """``inbound``, ``outbound`` (originated towards a customer number) or ``internal``."""
+    """``inbound``, ``outbound`` (originated towards a customer number, or a click-to-dial from an
+    agent's device) or ``internal``."""
     caller_num: str | None = None
     """CallerID of the call's first leg; for an outbound call it is our own presented number."""
     caller_name: str | None = None
@@ -139,7 +141,7 @@ class Call:
     legs: tuple[Leg, ...] = ()
     started_at: float = 0.0
     customer_answered_at: float | None = None
-    """Outbound only: when the customer picked up."""
+    """Outbound only: when the customer picked up (for a click-to-dial, ``answered_at`` too)."""
     queued_at: float | None = None
     ringing_at: float | None = None
     answered_at: float | None = None

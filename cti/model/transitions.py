@@ -45,6 +45,8 @@ CONNECTED_STATES = (CallState.CONNECTED, CallState.HELD)
 MOVABLE_STATES = (CallState.CONNECTED, CallState.HELD, CallState.ROUTING)
 MAX_LEGS_PER_CALL = 40
 DEAD_UIDS_KEPT = 4096
+# Rule 9: the cause a far end played by the dialplan (Busy(), Congestion()) stands for.
+FAR_END_CAUSES = {"BUSY": (17, "User busy"), "CONGESTION": (34, "Circuit/channel congestion")}
 
 
 def parse_int(value: str | None, default: int = 0) -> int:
@@ -64,6 +66,8 @@ class ModelState:
         # Uniqueids hung up lately: a late event about one must not bring its call back.
         self._dead: OrderedDict[str, None] = OrderedDict()
         self._ivr_legs: dict[str, CallRecord] = {}
+        # Click-to-dial legs whose dialplan may play the customer's phone (Rule 4): watched in Newexten.
+        self._dialing_legs: dict[str, CallRecord] = {}
         self._agents: dict[str, AgentRecord] = {}
         self._device_agent: dict[str, str] = {}
         self._queues: dict[str, QueueRecord] = {}
@@ -218,6 +222,14 @@ class ModelState:
             leg.snap = None
 
     def _side(self, call: CallRecord, leg: LegRecord) -> str | None:
+        if call.click_to_dial:
+            # Rule 9: the agent's device is the first leg; the customer is the leg it reached.
+            customer = call.customer_leg
+            if customer is not None and (
+                leg is customer or (customer is not call.first and leg.uid == customer.peer)
+            ):
+                return "customer"
+            return "agent" if call.is_customer(leg) else None
         if call.is_customer(leg):
             return "customer"
         agent_leg = call.agent_leg
@@ -269,6 +281,54 @@ class ModelState:
         self._emit(call, "ringing_agent" if agent_id is not None else "ringing", out)
         if agent_id is not None:
             self._agent_leg_state(dest, call, connected=False, now=now, out=out)
+
+    def _start_click_to_dial(self, call: CallRecord, leg: LegRecord, now: float, out: Out) -> None:
+        """Rule 2: an Originate rings an agent's device first: the agent's own outbound call."""
+        call.click_to_dial = True
+        call.direction = "outbound"
+        # A number read from the Originate's dial string named the agent's device (PJSIP/1001).
+        call.dialed = None
+        self._ring(call, leg, leg.agent, now=now, out=out)
+        if leg.answered:
+            self._click_to_dial_taken(call, leg, now, out)
+
+    def _click_to_dial_taken(self, call: CallRecord, leg: LegRecord, now: float, out: Out) -> None:
+        """Rule 4: the agent answered their device; the dialplan now dials the customer."""
+        if call.state is not CallState.RINGING or leg.uid not in call.ringing:
+            return
+        del call.ringing[leg.uid]
+        call.state = CallState.DIALING
+        call.agent_leg = leg
+        call.agent = leg.agent
+        call.agent_interface = leg.device
+        call.last_agent = leg.agent
+        call.last_agent_interface = leg.device
+        self._dialing_legs[leg.uid] = call
+        self._emit(call, "dialing", out)
+        self._agent_leg_state(leg, call, connected=True, now=now, out=out)
+
+    def _click_to_dial_connected(self, call: CallRecord, customer: LegRecord, now: float, out: Out) -> None:
+        """Rule 4: the customer answered the agent's click-to-dial call."""
+        if call.state is not CallState.DIALING:
+            return
+        call.customer_leg = customer
+        call.state = CallState.CONNECTED
+        call.customer_answered_at = now
+        call.answered_at = now
+        call.hangup_side = None
+        self._stop_watching(call)
+        agent_id = call.agent
+        agent = self._agents.get(agent_id) if agent_id is not None else None
+        if agent_id is not None:
+            call.agents.append(agent_id)
+        self._emit(call, "answered", out)
+        if agent is not None:
+            agent.answered_calls += 1
+            self._refresh_agent(agent, now, "status", out)
+
+    def _stop_watching(self, call: CallRecord) -> None:
+        if call.first is not None:
+            self._dialing_legs.pop(call.first.uid, None)
 
     def _ring_ended(self, call: CallRecord, dest: LegRecord, now: float, out: Out) -> None:
         """A ring that was not answered: AgentRingNoAnswer, DialEnd other than ANSWER, hangup."""
@@ -399,6 +459,7 @@ class ModelState:
         call.ended_by = call.hangup_side
         if call.ivr_leg is not None:
             self._leave_ivr(call, now)
+        self._stop_watching(call)
         for leg in call.legs.values():
             if leg.ended_at is None:
                 # Only on resync: the PBX no longer has it, whatever we last heard.
@@ -423,7 +484,12 @@ class ModelState:
     def _pick_cause(self, call: CallRecord) -> None:
         """Rule 9: the first informative cause on the customer side."""
         chosen: LegRecord | None = None
+        customer = call.customer_leg
+        if call.click_to_dial and customer is not None and customer is not call.first and customer.cause:
+            chosen = customer
         for leg in call.customer_legs():
+            if chosen is not None and chosen.cause:
+                break
             if leg.cause is None:
                 continue
             if chosen is None or (chosen.cause == 0 and leg.cause != 0):
@@ -436,6 +502,8 @@ class ModelState:
         if chosen is not None:
             call.cause = chosen.cause
             call.cause_text = chosen.cause_text
+        if call.click_to_dial and not call.cause and call.dial_status in FAR_END_CAUSES:
+            call.cause, call.cause_text = FAR_END_CAUSES[call.dial_status]
 
     def _complete_ended(self, linkedid: str | None, agent_id: str | None, queue: str, talk: float) -> None:
         ended = self._ended.get(linkedid) if linkedid else None
@@ -478,12 +546,16 @@ class ModelState:
         if owner is not None:
             return
         self._device_agent[device] = agent.id
-        for leg in self._legs.values():
+        for leg in list(self._legs.values()):
             if leg.device != device or leg.agent is not None:
                 continue
             leg.agent = agent.id
             leg.snap = None
             call = leg.call
+            if leg is call.first and call.originated and not call.click_to_dial:
+                if call.state in (CallState.ROUTING, CallState.DIALING) and call.customer_answered_at is None:
+                    self._start_click_to_dial(call, leg, now, out)
+                continue
             connected = leg is call.agent_leg
             if connected or leg.uid in call.ringing:
                 agent.legs[leg.uid] = (call.id, connected)

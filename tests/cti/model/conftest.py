@@ -38,6 +38,9 @@ MODEL_CAPTURES = (
     "load_50",
     "queue_member_admin",
     "actions",
+    "click_to_dial_answered",
+    "click_to_dial_busy",
+    "click_to_dial_noanswer",
 )
 
 
