@@ -375,26 +375,57 @@ def _dnc(row: Sequence[Any]) -> DoNotCall:
     )
 
 
-_Row = tuple[int, str | None, tuple[Any, ...], str, list[IdentityRow], tuple[Any, ...] | None]
+class _IdClock:
+    """Time-ordered ids, increasing within a process: milliseconds, a sequence within the
+    millisecond, then randomness (another process making ids in the same millisecond). New rows
+    land at the right edge of every index keyed by customer id. One per process: an import's
+    worker makes the ids of the rows it prepares."""
+
+    __slots__ = ("last_ms", "seq")
+
+    def __init__(self) -> None:
+        self.last_ms = 0
+        self.seq = 0
+
+    def ids(self, count: int) -> list[str]:
+        ms = time.time_ns() // 1_000_000
+        if ms <= self.last_ms:
+            ms = self.last_ms
+        else:
+            self.seq = -1
+        noise = secrets.token_hex(6 * count)
+        ids = []
+        for n in range(count):
+            self.seq += 1
+            if self.seq > 0xFFFF:
+                ms, self.seq = ms + 1, 0
+            ids.append(f"{ms:012x}{self.seq:04x}{noise[12 * n : 12 * n + 12]}")
+        self.last_ms = ms
+        return ids
+
+
+_ID_CLOCK = _IdClock()
+
+
+_Row = tuple[int, str | None, tuple[Any, ...], str, list[tuple[Any, ...]], tuple[Any, ...] | None]
 """One ``create_customers`` row after validation, its SQL parameters prepared outside the
 connection's thread (the thread's share of the GIL is the import's bottleneck), as a plain tuple
 (an import's worker process hands thousands a batch over: plain tuples unpickle 4x faster than
-objects): (index in the batch, key or None, the customers columns after ``id`` (display_name,
-FIELDS, attributes, source, import_key, times), attributes, the identities columns before
-``customer_id`` (see ``_IDENTITY_INSERT``), the customer_values columns after ``customer_id``
-or None)."""
+objects): (index in the batch, key or None, the customers row (a new id first), attributes, the
+identities rows (``_IDENTITY_INSERT``'s parameters, the new id last), the customer_values row
+(the new id first) or None). A row whose key exists is stored under that profile's id instead."""
 
 
-def _update_of(insert: tuple[Any, ...]) -> dict[str, str]:
+def _update_of(customer: tuple[Any, ...]) -> dict[str, str]:
     """What a row sets on a profile whose key exists: display_name, the non-empty fields."""
-    changes = {"display_name": insert[0]}
-    changes.update((name, text) for name, text in zip(FIELDS, insert[1:7], strict=True) if text)
+    changes = {"display_name": customer[1]}
+    changes.update((name, text) for name, text in zip(FIELDS, customer[2:8], strict=True) if text)
     return changes
 
 
-def _imported_value(score: float, source: str, now: float) -> tuple[Any, ...]:
+def _imported_value(cid: str, score: float, source: str, now: float) -> tuple[Any, ...]:
     origin = source if source.startswith("import") else f"import:{source or 'batch'}"
-    return (float(score), None, 0, 0.0, origin, f"imported score {score:g}", now)
+    return (cid, float(score), None, 0, 0.0, origin, f"imported score {score:g}", now)
 
 
 _IDENTITY_INSERT = (
@@ -441,16 +472,16 @@ def _check_row(index: int, item: NewCustomer, now: float, region: str) -> _Row:
         raise InvalidInput("value", f"expected a score 0..100, got {score!r}")
     key = item.key.strip() if isinstance(item.key, str) and item.key.strip() else None
     source = item.source if isinstance(item.source, str) else ""
-    identity_rows = [row for _, row in _identity_rows(item.identities, region, source=source, now=now)]
+    identities = _identity_rows(item.identities, region, source=source, now=now)
     attributes = _dumps(item.attributes, "attributes") if item.attributes else "{}"
-    value = None if score is None else _imported_value(score, source, now)
+    cid = _ID_CLOCK.ids(1)[0]
     return (
         index,
         key,
-        (name, *[fields.get(field, "") for field in FIELDS], attributes, source, key, now, now),
+        (cid, name, *[fields.get(field, "") for field in FIELDS], attributes, source, key, now, now),
         attributes,
-        identity_rows,
-        value,
+        [(*row, cid) for _, row in identities],
+        None if score is None else _imported_value(cid, score, source, now),
     )
 
 
@@ -482,7 +513,9 @@ def _prepare_plain(source: str, now: float, batch: Sequence[PlainCustomer]) -> _
     over 1000 characters, attributes that are no JSON object)."""
     rows: list[_Row] = []
     rejected: list[tuple[int, str]] = []
+    ids = iter(_ID_CLOCK.ids(len(batch)))
     for index, (key, name, fields, attributes, heads, score) in enumerate(batch):
+        cid = next(ids)
         try:
             if len(name) > 1000:
                 _check_field("display_name", name)
@@ -494,17 +527,18 @@ def _prepare_plain(source: str, now: float, batch: Sequence[PlainCustomer]) -> _
             rejected.append((index, str(exc)))
             continue
         if len(heads) == 1:
-            identity_rows = [(*heads[0], source, now)]
+            identity_rows = [(*heads[0], source, now, cid)]
         else:
             seen: set[tuple[str, str, str]] = set()
             identity_rows = []
             for head in heads:
                 if head[:3] not in seen:
                     seen.add(head[:3])
-                    identity_rows.append((*head, source, now))
-        value = None if score is None else _imported_value(score, source, now)
-        rows.append((index, key or None, (name, *fields, encoded, source, key or None, now, now), encoded,
-                     identity_rows, value))  # fmt: skip
+                    identity_rows.append((*head, source, now, cid))
+        import_key = key or None
+        customer = (cid, name, *fields, encoded, source, import_key, now, now)
+        value = None if score is None else _imported_value(cid, score, source, now)
+        rows.append((index, import_key, customer, encoded, identity_rows, value))
     return _Prepared(rows, rejected, now)
 
 
@@ -530,8 +564,6 @@ class SQLiteStore(CustomerStore):
         self.busy_timeout = busy_timeout
         self.migrations_dir = migrations_dir or MIGRATIONS_DIR
         self._db: aiosqlite.Connection | None = None
-        self._last_ms = 0
-        self._seq = 0
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, default_region={self.default_region!r})"
@@ -603,23 +635,7 @@ class SQLiteStore(CustomerStore):
         return self._new_ids(1)[0]
 
     def _new_ids(self, count: int) -> list[str]:
-        """Time-ordered ids, increasing within the store: milliseconds, a sequence within the
-        millisecond, then randomness (another process making ids in the same millisecond). New
-        rows land at the right edge of every index keyed by customer id."""
-        ms = time.time_ns() // 1_000_000
-        if ms <= self._last_ms:
-            ms = self._last_ms
-        else:
-            self._seq = -1
-        noise = secrets.token_hex(6 * count)
-        ids = []
-        for n in range(count):
-            self._seq += 1
-            if self._seq > 0xFFFF:
-                ms, self._seq = ms + 1, 0
-            ids.append(f"{ms:012x}{self._seq:04x}{noise[12 * n : 12 * n + 12]}")
-        self._last_ms = ms
-        return ids
+        return _ID_CLOCK.ids(count)
 
     @staticmethod
     def _resolve(conn: sqlite3.Connection, customer_id: str) -> str:
@@ -1175,7 +1191,7 @@ class SQLiteStore(CustomerStore):
         rows, rejected = prepared.rows, prepared.rejected
         if not rows:
             return BatchResult(rejected=tuple(rejected))
-        result = await self._run(self._create_customers, rows, self._new_ids(len(rows)), prepared.now)
+        result = await self._run(self._create_customers, rows, prepared.now)
         return BatchResult(
             created=result.created,
             updated=result.updated,
@@ -1183,17 +1199,12 @@ class SQLiteStore(CustomerStore):
             duplicates=result.duplicates,
         )
 
-    def _create_customers(
-        self, conn: sqlite3.Connection, rows: list[_Row], new_ids: list[str], now: float
-    ) -> BatchResult:
+    def _create_customers(self, conn: sqlite3.Connection, rows: list[_Row], now: float) -> BatchResult:
         """Store ``rows``: a row whose key exists (stored, or earlier in the batch) updates that
-        profile, the others become profiles with the ids of ``new_ids`` (one per row)."""
-        created: list[str] = []
-        updated: dict[str, None] = {}  # ordered set
-        duplicates: list[tuple[int, Identity, tuple[str, ...]]] = []
+        profile, the others become the profiles their rows were prepared as."""
         with _transaction(conn):
             # Keys already stored (a re-run) or repeated within the batch update one profile.
-            keys = [row[1] for row in rows if row[1]]
+            keys = [row[1] for row in rows if row[1] is not None]
             known: dict[str, str] = {}
             for chunk in _chunks(keys):
                 for key, cid in conn.execute(
@@ -1202,63 +1213,105 @@ class SQLiteStore(CustomerStore):
                     tuple(chunk),
                 ):
                     known[key] = cid
-            ids: list[str] = []
-            existing: list[bool] = []
-            for row, new_id in zip(rows, new_ids, strict=True):
-                key = row[1]
-                if key is not None and key in known:
-                    ids.append(known[key])
-                    existing.append(True)
-                else:
-                    if key is not None:
-                        known[key] = new_id
-                    ids.append(new_id)
-                    existing.append(False)
-            # Other holders of the batch's identities, stored or earlier in this batch.
-            holders = self._holders(conn, [head[:3] for row in rows for head in row[4]])
-            new_customers: list[tuple[Any, ...]] = []
-            pending: set[str] = set()  # created, not yet inserted
-            fresh: set[str] = set()  # created by this batch
-            new_identities: list[tuple[Any, ...]] = []
-            values: list[tuple[Any, ...]] = []
-            for (index, _, insert, attributes, identity_rows, value), cid, stored in zip(
-                rows, ids, existing, strict=True
-            ):
-                if stored:
-                    if cid in pending:
-                        # The key came earlier in this batch: that row must be stored first.
-                        self._insert_customers(conn, new_customers)
-                        pending.clear()
-                    elif cid not in fresh:
-                        updated[cid] = None
-                    update = _update_of(insert)
-                    sets = "".join(f"{name} = ?, " for name in update)  # names checked
-                    conn.execute(
-                        f"UPDATE customers SET {sets}attributes = json_patch(attributes, ?), updated_at = ? "
-                        "WHERE id = ?",
-                        (*update.values(), attributes, now, cid),
-                    )
-                else:
-                    created.append(cid)
-                    fresh.add(cid)
-                    pending.add(cid)
-                    new_customers.append((cid, *insert))
-                for head in identity_rows:
-                    owners = holders.get(head[:3])
-                    if owners is None:
-                        holders[head[:3]] = [cid]
-                    else:
-                        others = tuple(owner for owner in owners if owner != cid)
-                        if others and not head[6]:  # not marked shared
-                            duplicates.append((index, row_identity(head), others))
-                        if cid not in owners:
-                            owners.append(cid)
-                    new_identities.append((*head, cid))
+            if not known and len(set(keys)) == len(keys):
+                # An import's common case: every row a new profile, as prepared.
+                ids = [row[2][0] for row in rows]
+                holders = self._holders(conn, rows)
+                self._insert_customers(conn, [row[2] for row in rows])
+                conn.executemany(_IDENTITY_INSERT, [identity for row in rows for identity in row[4]])
+                self._insert_values(conn, [row[5] for row in rows if row[5] is not None])
+                duplicates = self._duplicates(rows, ids, holders)
+                return BatchResult(created=tuple(ids), duplicates=tuple(duplicates))
+            return self._merge_rows(conn, rows, known, now)
+
+    def _merge_rows(
+        self, conn: sqlite3.Connection, rows: list[_Row], known: dict[str, str], now: float
+    ) -> BatchResult:
+        """``_create_customers`` when keys exist already or repeat within the batch."""
+        created: list[str] = []
+        updated: dict[str, None] = {}  # ordered set
+        ids: list[str] = []
+        existing: list[bool] = []
+        for row in rows:
+            key, new_id = row[1], row[2][0]
+            if key is not None and key in known:
+                ids.append(known[key])
+                existing.append(True)
+            else:
+                if key is not None:
+                    known[key] = new_id
+                ids.append(new_id)
+                existing.append(False)
+        # Other holders of the batch's identities, stored or earlier in this batch.
+        holders = self._holders(conn, rows)
+        new_customers: list[tuple[Any, ...]] = []
+        pending: set[str] = set()  # created, not yet inserted
+        fresh: set[str] = set()  # created by this batch
+        new_identities: list[tuple[Any, ...]] = []
+        values: list[tuple[Any, ...]] = []
+        for (_, _, customer, attributes, identity_rows, value), cid, stored in zip(
+            rows, ids, existing, strict=True
+        ):
+            if stored:
+                if cid in pending:
+                    # The key came earlier in this batch: that row must be stored first.
+                    self._insert_customers(conn, new_customers)
+                    pending.clear()
+                elif cid not in fresh:
+                    updated[cid] = None
+                update = _update_of(customer)
+                sets = "".join(f"{name} = ?, " for name in update)  # names checked
+                conn.execute(
+                    f"UPDATE customers SET {sets}attributes = json_patch(attributes, ?), updated_at = ? "
+                    "WHERE id = ?",
+                    (*update.values(), attributes, now, cid),
+                )
+                new_identities += [(*identity[:-1], cid) for identity in identity_rows]
                 if value is not None:
-                    values.append((cid, *value))
-            # Customers before their identities and values (foreign keys).
-            self._insert_customers(conn, new_customers)
-            conn.executemany(_IDENTITY_INSERT, new_identities)
+                    values.append((cid, *value[1:]))
+            else:
+                created.append(cid)
+                fresh.add(cid)
+                pending.add(cid)
+                new_customers.append(customer)
+                new_identities += identity_rows
+                if value is not None:
+                    values.append(value)
+        # Customers before their identities and values (foreign keys).
+        self._insert_customers(conn, new_customers)
+        conn.executemany(_IDENTITY_INSERT, new_identities)
+        self._insert_values(conn, values)
+        duplicates = self._duplicates(rows, ids, holders)
+        return BatchResult(created=tuple(created), updated=tuple(updated), duplicates=tuple(duplicates))
+
+    @staticmethod
+    def _duplicates(
+        rows: list[_Row], ids: list[str], holders: dict[tuple[str, str, str], list[str]]
+    ) -> list[tuple[int, Identity, tuple[str, ...]]]:
+        """(index, identity, other holders) of the rows' identities that other profiles hold,
+        stored (``holders``) or earlier in the batch; not for identities marked shared."""
+        duplicates: list[tuple[int, Identity, tuple[str, ...]]] = []
+        first: dict[tuple[str, str, str], str] = {}  # the batch's first holder, when no other
+        for (index, _, _, _, identity_rows, _), cid in zip(rows, ids, strict=True):
+            for identity in identity_rows:
+                key = identity[:3]
+                owners = holders.get(key)
+                if owners is None:
+                    held = first.get(key)
+                    if held is None:
+                        first[key] = cid
+                        continue
+                    owners = holders[key] = [held]
+                others = tuple(owner for owner in owners if owner != cid)
+                if others and not identity[6]:  # not marked shared
+                    duplicates.append((index, row_identity(identity), others))
+                if cid not in owners:
+                    owners.append(cid)
+        return duplicates
+
+    @staticmethod
+    def _insert_values(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> None:
+        if values:
             conn.executemany(
                 "INSERT INTO customer_values (customer_id, score, recency_days, frequency, monetary, source, "
                 "explanation, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -1266,7 +1319,6 @@ class SQLiteStore(CustomerStore):
                 "explanation = excluded.explanation, computed_at = excluded.computed_at",
                 values,
             )
-        return BatchResult(created=tuple(created), updated=tuple(updated), duplicates=tuple(duplicates))
 
     @staticmethod
     def _index_names(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> None:
@@ -1295,13 +1347,16 @@ class SQLiteStore(CustomerStore):
         rows.clear()
 
     @staticmethod
-    def _holders(
-        conn: sqlite3.Connection, keys: Sequence[tuple[str, str, str]]
-    ) -> dict[tuple[str, str, str], list[str]]:
-        """Stored holders of these (kind, system, value) identities, one IN list per (kind, system)."""
+    def _holders(conn: sqlite3.Connection, rows: list[_Row]) -> dict[tuple[str, str, str], list[str]]:
+        """Stored holders of the rows' (kind, system, value) identities, one IN list per (kind,
+        system)."""
         by_scope: dict[tuple[str, str], set[str]] = {}
-        for kind, system, value in keys:
-            by_scope.setdefault((kind, system), set()).add(value)
+        for row in rows:
+            for kind, system, value, *_ in row[4]:
+                scope = by_scope.get((kind, system))
+                if scope is None:
+                    scope = by_scope[kind, system] = set()
+                scope.add(value)
         holders: dict[tuple[str, str, str], list[str]] = {}
         for (kind, system), values in by_scope.items():
             for chunk in _chunks(sorted(values)):
