@@ -1059,9 +1059,11 @@ async def run(args: argparse.Namespace) -> int:
         f"screen-pop latency: {args.agents:,} agents, {args.customers:,} customers, {args.rate:g} pops/s, "
         f"{args.seconds:g} s measured after {args.warmup:g} s warm-up; {os.cpu_count()} cores, shared machine"
     )
-    tree = committed_tree() if args.committed else ROOT
+    tree = committed_tree() if args.committed else (args.tree or ROOT).resolve()
     if args.committed:
         print(f"  service and import from the last commit ({tree.relative_to(ROOT)}), not the working tree")
+    elif tree != ROOT:
+        print(f"  service and import from {tree}")
     db = build_database(folder, args.customers, reuse=args.reuse, seed=args.seed, tree=tree)
     started = time.perf_counter()
     warm_page_cache(db)
@@ -1129,6 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAMES",
         help="events left out of every call, as a manager.conf eventfilter would (e.g. VarSet,Newexten)",
     )
+    parser.add_argument("--tree", type=Path, help="run the service (and the import) from this source tree")
     parser.add_argument(
         "--profile",
         action="store_true",
