@@ -18,10 +18,15 @@ Rule 2 (show). A pop is shown (``ShowPop``) when the agent first appears in the 
         connected by a resync) gets one shown already answered. While the call is connected to
         one agent, the others it still lists as ringing (the few ms of a ringall before their
         rings are cancelled) get no pop; nor does an agent the call's last transfer moved away
-        from (``BlindTransfer`` comes while that agent is still connected).
+        from (``BlindTransfer`` comes while that agent is still connected). A click-to-dial is
+        the agent's own outbound call: its pop is shown while the agent's device rings (the
+        model lists the agent in ``ringing_agents``), like any call ringing the agent.
 Rule 3 (answer). A ringing pop becomes answered (``UpdatePop`` ``answered``) when the call is
-        connected (``CONNECTED`` or ``HELD``) to its agent; ``HELD`` and back update it
-        (``held``, ``unheld``).
+        connected (``CONNECTED`` or ``HELD``) to its agent, or when the call is ``DIALING`` with
+        that agent on it (a click-to-dial whose agent answered their device: the agent has taken
+        the call, so it can be wrapped up even if the customer never answers); ``HELD`` and
+        back update it (``held``, ``unheld``). The customer answering an outbound call the agent
+        is on already (``customer_answered_at`` set) is an ``answered`` update too.
 Rule 4 (ring ends). A ringing pop whose agent is neither ringing nor connected any more is
         retracted; the reason is the first of these that holds:
         1. ``caller_hung_up``: the call was abandoned (``QueueCallerAbandon``) or a leg of its
@@ -38,7 +43,9 @@ Rule 4 (ring ends). A ringing pop whose agent is neither ringing nor connected a
         4. ``ring_no_answer``: anything else (``AgentRingNoAnswer``, ``DialEnd`` NOANSWER or
            BUSY, the agent's leg hung up).
         A call that ends while the pop still rings gives ``caller_hung_up`` after a hangup,
-        ``call_ended`` when a resync found the call gone.
+        ``call_ended`` when a resync found the call gone. The ring of an outbound call no
+        customer answered yet (a click-to-dial ringing the agent's own device: nobody calls,
+        nobody can hang up) always ends with ``ring_no_answer``.
 Rule 5 (answered pops). An answered pop stays live, updated, while the call is connected to its
         agent. It is retracted with ``transferred_away`` when the call records a transfer from
         that agent made after the pop was answered (``BlindTransfer``/``AttendedTransfer`` at
@@ -47,7 +54,8 @@ Rule 5 (answered pops). An answered pop stays live, updated, while the call is c
         the call ends or goes on without the agent (the agent hung up, the customer stays in the
         dialplan): the agent page moves it to wrap-up.
 Rule 6 (updates). A live pop gets an ``UpdatePop`` only when its facts changed; the reason says
-        what changed most: its own state (``answered``, ``held``, ``unheld``), a transfer, the
+        what changed most: its own state (``answered``, ``held``, ``unheld``), the customer
+        answering an outbound call the agent is on (``answered``), a transfer, the
         caller id, the queue or wait facts, else ``details`` (variables, IVR).
 Rule 7 (memory). The tracker keeps records only for calls with a pop; a call's record, and
         with it every pop and attempt counter, is dropped on its ``ended`` change. Nothing else
@@ -69,6 +77,7 @@ JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | dict[str, J
 Facts: TypeAlias = dict[str, JsonValue]
 
 _CONNECTED = (CallState.CONNECTED, CallState.HELD)
+_CUSTOMER_ANSWERED = "customer_answered_at"
 _CALLER_KEYS = ("caller_num", "caller_name", "remote_num", "remote_name")
 _QUEUE_KEYS = ("queue", "queue_position", "queued_at", "wait_time")
 
@@ -179,7 +188,7 @@ class PopTracker:
         record = self._calls.get(call.id)
         if call.state is CallState.ENDED:
             return self._end(call, record)
-        connected = call.state in _CONNECTED
+        connected = call.state in _CONNECTED or _dialing_out(call)
         connected_agent = call.agent if connected else None
         if record is None:
             if not call.ringing_agents and connected_agent is None:
@@ -243,7 +252,8 @@ class PopTracker:
         for agent_id, pop in list(record.live.items()):
             self._drop(record, pop)
             if pop.state is PopState.RINGING and call.end_reason == "hangup":
-                reason = RetractReason.CALLER_HUNG_UP
+                unanswered = _outbound_unanswered(call)
+                reason = RetractReason.RING_NO_ANSWER if unanswered else RetractReason.CALLER_HUNG_UP
             else:
                 reason = RetractReason.CALL_ENDED
             out.append(RetractPop(pop.pop_id, agent_id, reason))
@@ -256,6 +266,11 @@ class PopTracker:
             calls.pop(pop.call_id, None)
             if not calls:
                 del self._by_agent[pop.agent_id]
+
+
+def _dialing_out(call: Call) -> bool:
+    """Rule 3: an agent on an outbound call whose customer is still being dialed (click-to-dial)."""
+    return call.state is CallState.DIALING and call.agent is not None
 
 
 def _retract_reason(
@@ -280,6 +295,8 @@ def _retract_reason(
 
 def _ring_end_reason(call: Call, record: _CallPops, agent_id: str) -> RetractReason:
     """Rule 4."""
+    if _outbound_unanswered(call):
+        return RetractReason.RING_NO_ANSWER
     if call.abandoned or _customer_left(call):
         return RetractReason.CALLER_HUNG_UP
     if call.state in _CONNECTED:
@@ -298,6 +315,12 @@ def _ring_end_reason(call: Call, record: _CallPops, agent_id: str) -> RetractRea
             record.caller_cancelled = True
             return RetractReason.CALLER_HUNG_UP
     return RetractReason.RING_NO_ANSWER
+
+
+def _outbound_unanswered(call: Call) -> bool:
+    """An outbound call no customer answered yet: a ring there is the click-to-dial agent's own
+    device, and nobody was calling who could hang up."""
+    return call.direction == "outbound" and call.customer_answered_at is None
 
 
 def _customer_left(call: Call) -> bool:
@@ -335,9 +358,11 @@ def _update_reason(change: str, pop: _Pop, state: PopState, facts: Facts) -> Upd
         if pop.state is PopState.HELD:
             return UpdateReason.UNHELD
         return UpdateReason.ANSWERED
+    old = pop.facts
+    if old.get(_CUSTOMER_ANSWERED) != facts.get(_CUSTOMER_ANSWERED):
+        return UpdateReason.ANSWERED
     if change == "transferred":
         return UpdateReason.TRANSFERRED
-    old = pop.facts
     if change == "caller" or any(old.get(key) != facts.get(key) for key in _CALLER_KEYS):
         return UpdateReason.CALLER_ID
     if any(old.get(key) != facts.get(key) for key in _QUEUE_KEYS):
@@ -391,4 +416,5 @@ def _facts(call: Call, pop: _Pop, state: PopState) -> Facts:
         "started_at": call.started_at,
         "ringing_since": pop.ringing_since,
         "answered_at": pop.answered_at,
+        _CUSTOMER_ANSWERED: call.customer_answered_at,
     }

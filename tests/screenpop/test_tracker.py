@@ -510,3 +510,76 @@ def test_an_agent_sees_only_their_own_pops() -> None:
     assert replayed == result.shows()[0]
     replayed.facts["caller_num"] = "changed by a consumer"
     assert result.tracker.live_pops("alice")[0].facts["caller_num"] == "+15551234567"
+
+
+# --- click-to-dial --------------------------------------------------------------------------------
+
+ALICE_LAB = [AgentConfig("agent1", "Alice", ["Local/agent1@agents/n", "Local/agent1@agents"])]
+
+
+def test_click_to_dial_pops_at_the_agent_who_dialled() -> None:
+    """Shown while Alice's device rings, answered when she picks up (she took the call), the number
+    once Asterisk dials it, an ``answered`` update when the customer answers, retracted at the end:
+    a call to wrap up like any other."""
+    result = replay("click_to_dial_answered", agents=ALICE_LAB)
+    call_id = only_call_id(result)
+    pop_id = f"{call_id}:agent1:1"
+    assert result.flow("agent1") == [
+        ("ShowPop", pop_id, ""),
+        ("UpdatePop", pop_id, "details"),
+        ("UpdatePop", pop_id, "answered"),
+        ("UpdatePop", pop_id, "caller_id"),
+        ("UpdatePop", pop_id, "answered"),
+        ("RetractPop", pop_id, "call_ended"),
+    ]
+    (show,) = result.shows()
+    assert (show.facts["direction"], show.facts["state"]) == ("outbound", "ringing")
+    _, taken, numbered, connected = [c for c in result.for_agent("agent1") if isinstance(c, UpdatePop)]
+    assert (taken.facts["state"], taken.facts["customer_answered_at"]) == ("answered", None)
+    assert numbered.facts["remote_num"] == numbered.facts["dialed"] == "+14155550188"
+    call = result.model.get_call(call_id)
+    assert call is not None and call.answered_at is not None
+    assert connected.facts["customer_answered_at"] == call.answered_at
+    assert connected.facts["customer_id"] == "C-100188"
+    assert [c for _, c in result.commands if c.agent_id != "agent1"] == []
+    assert_forgotten(result)
+
+
+@pytest.mark.parametrize("name", ["click_to_dial_busy", "click_to_dial_noanswer"])
+def test_click_to_dial_the_customer_never_answers(name: str) -> None:
+    """The agent took the call, so its pop ends as a call (``call_ended``: wrap-up), not a lost ring."""
+    result = replay(name, agents=ALICE_LAB)
+    flow = [(command, reason) for command, _, reason in result.flow("agent1")]
+    assert flow[-1] == ("RetractPop", "call_ended")
+    assert ("UpdatePop", "answered") in flow
+    answered = [c for c in result.for_agent("agent1") if isinstance(c, UpdatePop) and c.reason == "answered"]
+    assert [c.facts["customer_answered_at"] for c in answered] == [None]
+    assert_forgotten(result)
+
+
+C2D = "1700000300.0"
+PHONE = "PJSIP/1001-00000030"
+
+
+def phone(**extra: str) -> dict[str, str]:
+    return {"Channel": PHONE, "Uniqueid": C2D, "Linkedid": C2D, **extra}
+
+
+def dest_phone() -> dict[str, str]:
+    return {"DestChannel": PHONE, "DestUniqueid": C2D, "DestLinkedid": C2D}
+
+
+@pytest.mark.parametrize("dial_end", [True, False], ids=["dial-end-noanswer", "originate-timeout"])
+def test_click_to_dial_the_agent_lets_their_device_ring_out(dial_end: bool) -> None:
+    """Never taken: a lost ring (``ring_no_answer``), which the wrap-up desk forgets."""
+    steps = [
+        event("Newchannel", **phone(ChannelStateDesc="Down", Context="default", Exten="s")),
+        event("DialBegin", **dest_phone(), DialString="1001"),
+    ]
+    if dial_end:
+        steps.append(event("DialEnd", **dest_phone(), DialStatus="NOANSWER"))
+    steps.append(event("Hangup", **phone(), Cause="19", **{"Cause-txt": "User alerting, no answer"}))
+    result = run(steps)
+    pop_id = f"{C2D}:alice:1"
+    assert result.flow("alice") == [("ShowPop", pop_id, ""), ("RetractPop", pop_id, "ring_no_answer")]
+    assert_forgotten(result)
