@@ -129,7 +129,10 @@ def fast_email(raw: str) -> str | None:
 
 def fast_phone(text: str, region: str) -> str | None:
     """E.164 of a trimmed plain-form number, else None (``normalise_phone`` does the rest)."""
-    return _fast_path(text, region) if len(text) <= 64 else None
+    if len(text) > 64:
+        return None
+    fast = _fast_path(text, region)
+    return _fast_dialled(text, region) if fast is None and text[:2] == "00" else fast
 
 
 def _fast_path(text: str, region: str) -> str | None:
@@ -164,6 +167,32 @@ def _fast_path(text: str, region: str) -> str | None:
     return f"+{code}{national}" if _possible(code, len(national)) else None
 
 
+def _fast_dialled(text: str, region: str) -> str | None:
+    """E.164 for a ``00`` form (``0044 20 7946 0958``) when ``normalise_phone``'s reading of it
+    is certain without ``parse``: where ``00`` is the region's international prefix it is the
+    ``+`` form; elsewhere (US: ``011``) ``parse`` first reads the digits as a national number,
+    impossible when no national prefix applies and the length is not one of the region's, and
+    then ``normalise_phone`` reads the ``+`` form. Tests compare both paths on random numbers."""
+    if _PLAIN.fullmatch(text) is None:
+        return None
+    digits = text.translate(_DROP_PUNCT)
+    rules = _prefix_rules(region)
+    if rules is None or len(digits) <= 4 or digits[2] == "0":
+        return None
+    code, prefix, for_parsing, international = rules
+    idd = international.match(digits) if international is not None else None
+    if idd is not None:
+        if idd.end() != 2:
+            return None
+    elif (
+        (prefix and digits.startswith(prefix))
+        or (for_parsing is not None and for_parsing.match(digits) is not None)
+        or _possible(code, len(digits))
+    ):
+        return None
+    return _fast_path("+" + digits[2:], region)
+
+
 @lru_cache(maxsize=4096)
 def _possible(code: int, length: int) -> bool:
     """``phonenumbers.is_possible_number`` reads only the calling code and the length of the
@@ -184,6 +213,8 @@ def normalise_phone(raw: str, region: str = "US", *, field: str = "phone") -> Ph
     if len(text) > 64:
         raise InvalidInput(field, "phone number longer than 64 characters")
     fast = _fast_path(text, region)
+    if fast is None and text[:2] == "00":
+        fast = _fast_dialled(text, region)
     if fast is not None:
         return PhoneNumber(fast, "", raw)
     if text[:4].lower() == "tel:":

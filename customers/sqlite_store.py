@@ -517,11 +517,11 @@ def _prepare_plain(source: str, now: float, batch: Sequence[PlainCustomer]) -> _
     for index, (key, name, fields, attributes, heads, score) in enumerate(batch):
         cid = next(ids)
         try:
-            if len(name) > 1000:
-                _check_field("display_name", name)
             for field, text in zip(FIELDS, fields, strict=True):
                 if len(text) > 1000:
                     _check_field(field, text)
+            if len(name) > 1000:
+                _check_field("display_name", name)
             encoded = _dumps(attributes, "attributes") if attributes else "{}"
         except CustomerError as exc:
             rejected.append((index, str(exc)))
