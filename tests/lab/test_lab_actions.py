@@ -17,7 +17,7 @@ import pytest
 from callbridge.service import Service
 from callbridge.settings import Settings, WrapupSettings, load_settings
 from cti.asterisk import PBXResynced
-from cti.model import Call, CallChanged
+from cti.model import CallState
 from customers.sqlite_store import SQLiteStore
 from screenpop import hash_password
 
@@ -106,38 +106,52 @@ async def _login(
 async def test_click_to_dial_rings_the_agents_device_then_reaches_the_customer(
     lab: Any, tmp_path: Path
 ) -> None:
+    """The lab's ``customers`` context plays the customer on the agent's own channel: it rings 3 s
+    after agent1's device answered (2 s), then answers. The model makes it agent1's outbound
+    call, and agent1's page gets the pop that the wrap-up takes."""
     async with service_on_the_lab(lab, tmp_path) as (service, pages):
         dialer = service.dialer
         assert dialer is not None
         dialer.clock = lambda: NOON_IN_CALIFORNIA
-        changes = service.bus.subscribe(CallChanged)
-        status, body = await pages["agent1"].post("/agent/dial", {"number": "(415) 555-0188"})
+        page = pages["agent1"]
+        status, body = await page.post("/agent/dial", {"number": "(415) 555-0188"})
         assert status == 202, body
         assert body["message"] == "Originate successfully queued"
 
-        def answered_by_agent1(call: Call) -> bool:
-            # Click-to-dial starts on the agent's device: the model calls that "internal".
-            return call.direction == "internal" and any(
-                leg.agent == "agent1" and leg.answered for leg in call.legs
-            )
-
-        calls: dict[str, Call] = {}  # the lab may still be ending an earlier test's call
+        # The shared lab may ring agent1 for somebody else's queue call meanwhile: those are inbound.
+        while (pop := await page.next("pop"))["facts"]["direction"] != "outbound":
+            pass
+        assert pop["payload"]["agent_id"] == "agent1" and pop["facts"]["state"] == "ringing"
         async with asyncio.timeout(30):
-            while not any(map(answered_by_agent1, calls.values())):
-                event = await changes.get()
-                if isinstance(event, CallChanged):
-                    calls[event.call.id] = event.call
-        call = next(c for c in calls.values() if answered_by_agent1(c))
-        assert call.live and service.model.get_call(call.id) is not None
+            while True:
+                update = await page.next("update")
+                if update["pop_id"] == pop["pop_id"] and update["facts"]["customer_answered_at"] is not None:
+                    break
+        assert update["reason"] == "answered"
+        assert (update["facts"]["state"], update["facts"]["remote_num"]) == ("answered", "+14155550188")
+
+        call = service.model.get_call(pop["facts"]["call_id"])
+        assert call is not None and call.live
+        assert (call.direction, call.agent, call.remote_num, call.state) == (
+            "outbound",
+            "agent1",
+            "+14155550188",
+            CallState.CONNECTED,
+        )
+        assert call.answered_at is not None and call.answered_at == call.customer_answered_at
         agent_leg = next(leg for leg in call.legs if leg.agent == "agent1")
         assert agent_leg.channel.startswith("Local/agent1@agents")
-        # The model does not follow dialplan steps (Newexten); the PBX says where the call is.
+        # The PBX agrees on where the call is.
         async with asyncio.timeout(10):
             while (where := await dialplan_of(service, call.id)) is None:
                 await asyncio.sleep(0.2)
         assert where == ("customers", "+14155550188")
+
         result = await service.client.send_action("Hangup", {"Channel": agent_leg.channel})
         assert result.ok, result.message
+        while (retract := await page.next("retract"))["pop_id"] != pop["pop_id"]:
+            pass
+        assert retract["reason"] == "call_ended"
 
 
 async def dialplan_of(service: Service, call_id: str) -> tuple[str, str] | None:
