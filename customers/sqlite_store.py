@@ -119,17 +119,24 @@ _FACTS_SQL = (
 )
 
 
+# Holders first (MATERIALIZED: their last contact is looked up once per holder, not once per
+# identity of the join below), then each holder's identities, one output row per identity.
 _LOOKUP_SQL = (
-    "SELECT i.customer_id, i.shared, i.label, i.verified, i.extension, c.created_at, "
-    "(SELECT at FROM interactions WHERE customer_id = i.customer_id ORDER BY at DESC, id DESC LIMIT 1), "
-    "(SELECT channel FROM interactions WHERE customer_id = i.customer_id ORDER BY at DESC, id DESC LIMIT 1), "
-    + ", ".join(f"c.{column}" for column in _CUSTOMER_COLUMNS.split(", "))
+    "WITH holders AS MATERIALIZED (SELECT i.customer_id, i.shared, i.label, i.verified, i.extension, "
+    "(SELECT at FROM interactions WHERE customer_id = i.customer_id ORDER BY at DESC, id DESC LIMIT 1) "
+    "AS last_at, "
+    "(SELECT channel FROM interactions WHERE customer_id = i.customer_id ORDER BY at DESC, id DESC LIMIT 1) "
+    "AS last_channel, "
+    + ", ".join(f"c.{column} AS c_{column}" for column in _CUSTOMER_COLUMNS.split(", "))
+    + " FROM identities AS i JOIN customers AS c ON c.id = i.customer_id "
+    "WHERE i.kind = ? AND i.system = ? AND i.value = ? AND c.merged_into IS NULL) "
+    "SELECT h.customer_id, h.shared, h.label, h.verified, h.extension, h.c_created_at, h.last_at, "
+    "h.last_channel, "
+    + ", ".join(f"h.c_{column}" for column in _CUSTOMER_COLUMNS.split(", "))
     + ", "
     + ", ".join(f"j.{column}" for column in _IDENTITY_COLUMNS.split(", "))
-    + " FROM identities AS i JOIN customers AS c ON c.id = i.customer_id "
-    "JOIN identities AS j ON j.customer_id = i.customer_id "
-    "WHERE i.kind = ? AND i.system = ? AND i.value = ? AND c.merged_into IS NULL "
-    "ORDER BY i.customer_id, j.created_at, j.kind, j.value"
+    + " FROM holders AS h JOIN identities AS j ON j.customer_id = h.customer_id "
+    "ORDER BY h.customer_id, j.created_at, j.kind, j.value"
 )
 
 
