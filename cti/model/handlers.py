@@ -200,6 +200,8 @@ class EventHandlers(ModelState):
             if dest is not call.first:
                 return
             call.originated = True
+            # The Originate's variables are set after Newchannel: the pop of the ring needs them.
+            harvested = self._harvest(call, dest, msg, "Dest")
             number = dialed_number(msg.get("DialString"))
             if number is not None and call.direction != "internal":
                 call.direction = "outbound"
@@ -207,8 +209,12 @@ class EventHandlers(ModelState):
                 if call.state is CallState.ROUTING and not dest.answered:
                     call.state = CallState.DIALING
                     self._emit(call, "dialing", out)
+                    return
             elif dest.agent is not None and not call.click_to_dial and call.state is CallState.ROUTING:
                 self._start_click_to_dial(call, dest, now, out)
+                return
+            if harvested:
+                self._emit(call, "variables", out)
             return
         src = self._leg(msg, now, out)
         if src is None or src.call is not call:

@@ -192,9 +192,9 @@ class ModelState:
             return
         call.dialed = exten
 
-    def _harvest(self, call: CallRecord, leg: LegRecord, msg: Message) -> bool:
+    def _harvest(self, call: CallRecord, leg: LegRecord, msg: Message, prefix: str = "") -> bool:
         """Channel variables of the customer side; the first leg's values win."""
-        values = msg.get_all("ChanVariable")
+        values = msg.get_all(prefix + "ChanVariable")
         if not values:
             return False
         primary = leg is call.first

@@ -113,8 +113,11 @@ async def test_click_to_dial_rings_the_agents_device_then_reaches_the_customer(
         dialer = service.dialer
         assert dialer is not None
         dialer.clock = lambda: NOON_IN_CALIFORNIA
+        store = service.store
+        assert store is not None
+        sam = await store.create_customer("Sam Lee", identities=[("phone", "+1 415 555 0188")])
         page = pages["agent1"]
-        status, body = await page.post("/agent/dial", {"number": "(415) 555-0188"})
+        status, body = await page.post("/agent/dial", {"number": "(415) 555-0188", "customer_id": sam.id})
         assert status == 202, body
         assert body["message"] == "Originate successfully queued"
 
@@ -152,6 +155,12 @@ async def test_click_to_dial_rings_the_agents_device_then_reaches_the_customer(
         while (retract := await page.next("retract"))["pop_id"] != pop["pop_id"]:
             pass
         assert retract["reason"] == "call_ended"
+
+        status, body = await page.post("/agent/wrapup", {"pop_id": pop["pop_id"], "disposition": "resolved"})
+        assert status == 200, body
+        assert body["customer_id"] == sam.id
+        calls = await store.timeline(sam.id, channels=["call"])
+        assert [(c.data["agent"], c.data["call_id"]) for c in calls] == [("agent1", call.id)]
 
 
 async def dialplan_of(service: Service, call_id: str) -> tuple[str, str] | None:

@@ -526,7 +526,6 @@ def test_click_to_dial_pops_at_the_agent_who_dialled() -> None:
     pop_id = f"{call_id}:agent1:1"
     assert result.flow("agent1") == [
         ("ShowPop", pop_id, ""),
-        ("UpdatePop", pop_id, "details"),
         ("UpdatePop", pop_id, "answered"),
         ("UpdatePop", pop_id, "caller_id"),
         ("UpdatePop", pop_id, "answered"),
@@ -534,7 +533,9 @@ def test_click_to_dial_pops_at_the_agent_who_dialled() -> None:
     ]
     (show,) = result.shows()
     assert (show.facts["direction"], show.facts["state"]) == ("outbound", "ringing")
-    _, taken, numbered, connected = [c for c in result.for_agent("agent1") if isinstance(c, UpdatePop)]
+    # The lead is known as the device rings (the pop's customer look-up runs on the show only).
+    assert show.facts["customer_id"] == "C-100188"
+    taken, numbered, connected = [c for c in result.for_agent("agent1") if isinstance(c, UpdatePop)]
     assert (taken.facts["state"], taken.facts["customer_answered_at"]) == ("answered", None)
     assert numbered.facts["remote_num"] == numbered.facts["dialed"] == "+14155550188"
     call = result.model.get_call(call_id)

@@ -52,6 +52,7 @@ def test_answered(replay: ReplayFactory, agents: str) -> None:
     ]
     ringing = result.calls("ringing_agent")[0]
     assert (ringing.direction, ringing.ringing_agents) == ("outbound", ("agent1",))
+    assert ringing.customer_id == "C-100188", "the Originate's variables, in DialBegin's DestChanVariable"
     assert result.calls("dialing")[0].ringing_agents == ()
     connected = result.calls("answered")[0]
     assert connected.state is CallState.CONNECTED and connected.remote_num == "+14155550188"
