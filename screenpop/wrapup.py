@@ -253,6 +253,13 @@ class WrapupDesk:
             if call.state is CallState.ENDED and record.answered and record.ended_at is None:
                 record.ended_at = call.ended_at if call.ended_at is not None else now
 
+    def customer_found(self, pop_id: str, customer_id: str) -> None:
+        """The pop's caller turned out to be ``customer_id`` (its payload is assembled after the
+        desk saw the pop); a customer set already, by the agent, stays."""
+        record = self._calls.get(pop_id)
+        if record is not None and record.customer_id is None:
+            record.customer_id = customer_id
+
     def set_customer(self, agent_id: str, pop_id: str, customer_id: str) -> None:
         self.get(agent_id, pop_id).customer_id = customer_id
 
@@ -415,6 +422,9 @@ class WrapupService:
 
     def observe_call(self, call: Call, now: float) -> None:
         self.desk.observe_call(call, now)
+
+    def customer_found(self, pop_id: str, customer_id: str) -> None:
+        self.desk.customer_found(pop_id, customer_id)
 
     async def submit(
         self,

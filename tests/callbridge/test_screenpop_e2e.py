@@ -88,3 +88,77 @@ async def test_queue_call_pops_at_alice_only_with_jane_does_profile(tmp_path: Pa
                     await ws.close()
                 for http in sessions:
                     await http.close()
+
+
+async def test_fifty_calls_at_full_speed_each_pop_arrives_whole_and_in_order(tmp_path: Path) -> None:
+    """load_50 replayed as fast as the fake PBX writes: pops are assembled concurrently, yet each
+    pop's show comes before its updates and its retract, on its agent's socket only."""
+    base = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
+    agent_ids = [f"agent{n}" for n in range(1, 6)]
+    agents = tuple(
+        dataclasses.replace(a, password_hash=hash_password(f"{a.id}-pw", n=2**10)) if a.id in agent_ids else a
+        for a in base.agents
+    )
+    async with FakePBX(["load_50"], speed=None) as pbx:
+        pbx.pause_replay(at=0.001)
+        settings = dataclasses.replace(
+            base,
+            agents=agents,
+            ami=dataclasses.replace(base.ami, port=pbx.port, backoff_initial=0.05),
+            customers=dataclasses.replace(base.customers, database=str(tmp_path / "customers.db")),
+            http=dataclasses.replace(base.http, port=0),
+        )
+        async with Service(settings) as service:
+            assert await asyncio.wait_for(pbx.wait_paused(), 10)
+            origin = f"http://127.0.0.1:{service.http_port}"
+            received: dict[str, list[dict[str, Any]]] = {a: [] for a in agent_ids}
+            sessions, sockets = [], []
+            for agent_id in agent_ids:
+                http = aiohttp.ClientSession(origin, cookie_jar=aiohttp.CookieJar(unsafe=True))
+                sessions.append(http)
+                async with http.post(
+                    "/agent/login", json={"agent_id": agent_id, "password": f"{agent_id}-pw"}
+                ) as r:
+                    assert r.status == 200
+                ws = await http.ws_connect("/agent/ws", headers={"Origin": origin})
+                await ws.send_json({"type": "hello", "last_seq": None, "epoch": None})
+                await next_message(ws, "welcome")
+                sockets.append(ws)
+
+            async def read(agent_id: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+                while True:
+                    message = await ws.receive_json()
+                    received[agent_id].append(message)
+                    if message["type"] == "pop":
+                        await ws.send_json({"type": "ack", "pop_id": message["pop_id"]})
+
+            readers = [asyncio.create_task(read(a, ws)) for a, ws in zip(agent_ids, sockets, strict=True)]
+            try:
+                pbx.resume_replay()
+                await asyncio.wait_for(pbx.replay_done(), 30)
+                async with asyncio.timeout(10):
+                    while service.hub.latency().count + service.hub.latency().retracted_unacked < 38 or any(
+                        service.hub.live(a) for a in agent_ids
+                    ):
+                        await asyncio.sleep(0.05)
+            finally:
+                for task in readers:
+                    task.cancel()
+                for ws in sockets:
+                    await ws.close()
+                for http in sessions:
+                    await http.close()
+    pops = 0
+    for agent_id, messages in received.items():
+        seqs = [m["seq"] for m in messages]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), agent_id
+        by_pop: dict[str, list[str]] = {}
+        for message in messages:
+            by_pop.setdefault(message["pop_id"], []).append(message["type"])
+            if message["type"] == "pop":
+                assert message["payload"]["agent_id"] == agent_id
+        for pop_id, kinds in by_pop.items():
+            assert kinds[0] == "pop" and kinds[-1] == "retract", (agent_id, pop_id, kinds)
+            assert set(kinds[1:-1]) <= {"update"}, (agent_id, pop_id, kinds)
+        pops += len(by_pop)
+    assert pops == 38
