@@ -1123,7 +1123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--reuse", action="store_true", help="reuse bench/.data/screenpop-N/customers.db")
     parser.add_argument("--quick", action="store_true", help="100 agents, 10k customers, 10 pops/s, 10 s")
-    parser.add_argument("--drain", type=float, default=10.0, help="seconds to wait for the last acks")
+    parser.add_argument(
+        "--drain", type=float, default=30.0, help="seconds to wait for the last acks (default 30)"
+    )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
         "--drop-events",
