@@ -16,7 +16,12 @@ R3.      A call's state is read from its channels: an agent's dialed leg in the 
          bridge -> CONNECTED (HELD stays HELD: the list does not show hold); another leg in
          that bridge -> CONNECTED with no agent; an agent leg ringing -> RINGING; a
          ``QueueEntry`` or the ``Queue`` application -> QUEUED; an AGI application -> IVR; an
-         outbound call whose first leg is not up -> DIALING; otherwise ROUTING.
+         outbound call whose first leg is not up -> DIALING; otherwise ROUTING. A click-to-dial
+         the model saw start (its first leg is the agent's device): that leg not up -> RINGING
+         at the agent; up and bridged with a leg of the customer's side -> CONNECTED (HELD
+         stays HELD), as it stays when the agent's own leg plays the customer and was
+         connected; else DIALING. One the model never saw start reads as an ``internal`` call:
+         the lists do not tell an Originate from the agent's phone dialling.
 R4.      Agents' calls are rebuilt from the derived call states; every snapshot that differs from
          the one before is reported (``resync`` for calls, agents and queues; ``ended`` for
          the calls that are gone).
@@ -32,6 +37,7 @@ from cti.model.devices import clean, device_of_channel, local_peer_name
 from cti.model.handlers import EventHandlers
 from cti.model.records import CallRecord, LegRecord
 from cti.model.snapshots import CallState, IvrVisit
+from cti.model.transitions import CONNECTED_STATES
 
 _AGI_APPLICATIONS = frozenset({"AGI", "EAGI", "DeadAGI"})
 GONE_AFTER_RESYNC = "gone after resync"
@@ -202,6 +208,13 @@ def _resync_call(
         model._harvest(call, first, first_row)
     model._note_dialed(call, first, first.context, first.exten)
 
+    if call.click_to_dial and first.agent is not None:
+        _click_to_dial_state(model, call, first, now)
+        after_resync = model._snapshot(call)
+        if after_resync != before:
+            out.append(CallChanged(after_resync, "resync"))
+        return
+
     # Rule R3: the state the channels show.
     customer = [leg for leg in call.customer_legs() if leg.ended_at is None]
     bridges = {leg.bridge for leg in customer if leg.bridge}
@@ -282,3 +295,50 @@ def _resync_call(
     after = model._snapshot(call)
     if after != before:
         out.append(CallChanged(after, "resync"))
+
+
+def _click_to_dial_state(model: EventHandlers, call: CallRecord, first: LegRecord, now: float) -> None:
+    """Rule R3 for a click-to-dial: the first leg is the agent's device, the customer is reached
+    from it."""
+    agent_id = first.agent
+    call.ringing = {}
+    call.in_queue = False
+    call.agent = call.last_agent = agent_id
+    call.agent_interface = call.last_agent_interface = first.device
+    model._dialing_legs.pop(first.uid, None)
+    if not first.answered:
+        call.state = CallState.RINGING
+        call.ringing[first.uid] = first
+        call.agent_leg = None
+        taken = False
+    else:
+        bridged = next(
+            (
+                leg
+                for leg in call.legs.values()
+                if leg.ended_at is None
+                and not call.is_customer(leg)
+                and leg.bridge
+                and leg.bridge == first.bridge
+            ),
+            None,
+        )
+        if bridged is not None:
+            call.customer_leg = bridged
+        plays_customer = call.customer_leg is first and call.state in CONNECTED_STATES
+        if bridged is not None or plays_customer:
+            if call.state not in CONNECTED_STATES:
+                call.state = CallState.CONNECTED
+                call.answered_at = call.answered_at if call.answered_at is not None else now
+                call.customer_answered_at = call.answered_at
+                if agent_id is not None:
+                    call.agents.append(agent_id)
+        else:
+            call.state = CallState.DIALING
+            call.held = False
+            model._dialing_legs[first.uid] = call
+        call.agent_leg = first
+        taken = True
+    agent = model._agents.get(agent_id or "")
+    if agent is not None:
+        agent.legs[first.uid] = (call.id, taken)

@@ -187,3 +187,80 @@ def test_an_answer_in_the_dialplan_before_the_dial_is_not_the_customer() -> None
     assert call_changes(model.apply(answer, 1.1)) == [("dialing", CallState.DIALING)]
     call = model.get_call(L)
     assert call is not None and call.remote_num == NUMBER and call.answered_at is None
+
+
+def core_show(name: str, state: str, bridge: str = "", **extra: str) -> Message:
+    return event(
+        "CoreShowChannel", **leg(name), ChannelStateDesc=state, BridgeId=bridge, Duration="00:00:10", **extra
+    )
+
+
+def test_a_resync_while_the_trunk_rings_keeps_the_call_dialing(dialing: CallModel) -> None:
+    rows = [core_show(PHONE, "Up", Context="customers", Exten=NUMBER), core_show(TRUNK, "Ringing")]
+    dialing.resync(rows, [], 20.0)
+    call = dialing.get_call(L)
+    assert call is not None
+    assert (call.state, call.direction, call.agent, call.remote_num) == (
+        CallState.DIALING,
+        "outbound",
+        "alice",
+        NUMBER,
+    )
+    alice = dialing.agent("alice")
+    assert alice is not None and (alice.status, alice.call_id) == (AgentStatus.ON_CALL, L)
+    answer = event("DialEnd", **leg(PHONE), **leg(TRUNK, "Dest"), DialStatus="ANSWER")
+    assert call_changes(dialing.apply(answer, 21.0)) == [("answered", CallState.CONNECTED)]
+
+
+def test_a_resync_finds_the_customer_answered_while_we_were_away(dialing: CallModel) -> None:
+    rows = [core_show(PHONE, "Up", "bridge-1"), core_show(TRUNK, "Up", "bridge-1")]
+    changes = dialing.resync(rows, [], 20.0)
+    assert call_changes(changes) == [("resync", CallState.CONNECTED)]
+    call = dialing.get_call(L)
+    assert call is not None
+    assert (call.agent, call.agents, call.answered_at, call.customer_answered_at) == (
+        "alice",
+        ("alice",),
+        20.0,
+        20.0,
+    )
+
+
+def test_a_resync_while_the_agents_device_rings() -> None:
+    model = CallModel(agents=[AgentConfig("alice", "Alice", ["PJSIP/1001"])])
+    model.apply(event("Newchannel", **leg(PHONE, ChannelStateDesc="Down", Context="default", Exten="s")), 0.0)
+    model.apply(event("DialBegin", **leg(PHONE, "Dest"), DialString="1001"), 0.0)
+    assert call_changes(model.resync([core_show(PHONE, "Ringing")], [], 5.0)) == [
+        ("resync", CallState.RINGING)
+    ]
+    alice = model.agent("alice")
+    assert alice is not None and (alice.status, alice.call_id) == (AgentStatus.RINGING, L)
+    call = model.get_call(L)
+    assert call is not None and (call.state, call.ringing_agents) == (CallState.RINGING, ("alice",))
+    assert call_changes(model.apply(event("DialEnd", **leg(PHONE, "Dest"), DialStatus="ANSWER"), 6.0)) == [
+        ("dialing", CallState.DIALING)
+    ]
+
+
+def test_a_resync_keeps_a_lab_call_connected(replay: ReplayFactory) -> None:
+    """In the lab the agent's own ``;1`` half plays the customer: no bridge shows the answer."""
+    result = replay("click_to_dial_answered", agents=[ALICE], stop=lambda m: m.get("Application") == "Hangup")
+    (call,) = result.model.live_calls()
+    assert call.state is CallState.CONNECTED
+    rows = [
+        event(
+            "CoreShowChannel",
+            Channel=leg_.channel,
+            Uniqueid=leg_.uniqueid,
+            Linkedid=call.id,
+            ChannelStateDesc="Up",
+            Context=leg_.context,
+            Exten=leg_.exten,
+            Duration="00:00:09",
+        )
+        for leg_ in call.legs
+    ]
+    result.model.resync(rows, [], 10.0)
+    after = result.model.get_call(call.id)
+    assert after is not None
+    assert (after.state, after.agent, after.answered_at) == (CallState.CONNECTED, "agent1", call.answered_at)
