@@ -16,7 +16,8 @@ Rule 1 (identity). A call is every channel sharing an Asterisk ``Linkedid``; the
         Linkedid) is the customer's: its CallerID is the call's caller (``NewCallerid`` updates
         it; ``<unknown>`` means none). A Local channel's two halves (``;1``/``;2``, the pair
         ``LocalBridge`` reports) are paired by name; the first leg and its other half are the
-        customer side.
+        customer side (in a click-to-dial, the agent's: Rules 4, 6 and 9 say how its customer is
+        found).
 Rule 2 (direction). A call is ``outbound`` when its first leg was originated towards a number:
         a Local channel named after one (``Local/+14155550142@customers``) or an originate
         ``DialBegin`` (no ``Channel``) whose dial string is one. That number is ``dialed`` and the
