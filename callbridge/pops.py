@@ -1,7 +1,11 @@
 """The screen-pop pipeline: call changes from the bus, through the tracker and the assembler, to
 the agents' sockets.
 
-One task takes the changes in bus order and runs the tracker on them, never awaiting. A new pop's
+One task takes the changes in bus order and runs the tracker on them, never awaiting. When it
+falls so far behind that the bus drops changes (``Lagged``), it does not guess: it reads every
+call it has pops for, and every live call, from the call model and gives the tracker those
+snapshots, so pops of calls whose changes were dropped are shown, updated or retracted all the
+same. A new pop's
 customer lookup runs in a task of its own, so many pops are assembled at once and a slow lookup
 delays only its own pop; the pop's updates and retract wait for it (chained per pop id), so each
 pop's show, updates and retract reach the hub in the order the PBX reported them. At most
@@ -18,8 +22,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from callbridge.bus import Bus, Lagged, Subscription
-from cti.model import CallChanged
+from callbridge.bus import DEFAULT_QUEUE_SIZE, Bus, Lagged, Subscription
+from cti.model import CallChanged, CallModel
 from customers.store import CustomerStore
 from screenpop import (
     PopAssembler,
@@ -45,9 +49,13 @@ class PopPipeline:
         *,
         wrapup: WrapupService | None = None,
         webhooks: Webhooks | None = None,
+        model: CallModel | None = None,
         clock: Callable[[], float] = time.time,
         max_assembling: int = 64,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
+        """``model``: where to read the calls from after the bus dropped changes; ``queue_size``:
+        how many changes the bus keeps for this pipeline before it drops the oldest."""
         self.tracker = PopTracker()
         self.assembler = PopAssembler(store)
         self.hub = hub
@@ -59,9 +67,14 @@ class PopPipeline:
         self._chains: dict[str, asyncio.Task[None]] = {}
         """Per pop id, the last delivery not done yet (its show still being assembled)."""
         self._slots = asyncio.Semaphore(max_assembling)
+        self._model = model
+        self._queue_size = queue_size
+        self._pops_of_call: dict[str, set[str]] = {}
+        """Live pop ids per call id, from the commands: the calls a resync must look at."""
+        self._call_of_pop: dict[str, str] = {}
 
     async def start(self) -> None:
-        subscription = self._bus.subscribe(CallChanged, name="screen-pops")
+        subscription = self._bus.subscribe(CallChanged, maxsize=self._queue_size, name="screen-pops")
         self._task = asyncio.create_task(self._run(subscription), name="screen-pops")
 
     async def stop(self) -> None:
@@ -74,24 +87,65 @@ class PopPipeline:
 
     async def _run(self, subscription: Subscription) -> None:
         async for event in subscription:
-            if isinstance(event, Lagged):
-                log.warning("screen-pops fell %d call changes behind; pops may be stale", event.dropped)
-                continue
             now = self._clock()
-            for command in self.tracker.apply(event, now):
-                self._tell_wrapup(command, now)
-                before = self._chains.get(command.pop_id)
-                if before is None and not isinstance(command, ShowPop):
-                    await self._deliver(command, now, None)
-                    continue
-                chain = asyncio.create_task(self._deliver(command, now, before), name=f"pop-{command.pop_id}")
-                self._chains[command.pop_id] = chain
-                chain.add_done_callback(self._chain_done(command.pop_id))
-            if self.wrapup is not None:
-                try:
-                    self.wrapup.observe_call(event.call, now)
-                except Exception:
-                    log.exception("call %s: the wrap-up desk missed a change", event.call.id)
+            if isinstance(event, Lagged):
+                self._resync(event.dropped, now)
+                continue
+            await self._apply(event, now)
+
+    def _resync(self, dropped: int, now: float) -> None:
+        if self._model is None:
+            log.warning("screen-pops fell %d call changes behind; pops may be stale", dropped)
+            return
+        call_ids = set(self._pops_of_call) | {call.id for call in self._model.live_calls()}
+        lost = 0
+        for call_id in call_ids:
+            call = self._model.get_call(call_id)
+            if call is None:
+                lost += 1
+                continue
+            self._apply_now(CallChanged(call, "resync"), now)
+        log.warning(
+            "screen-pops fell %d call changes behind; pops resynced from the call model (%d calls%s)",
+            dropped,
+            len(call_ids) - lost,
+            f", {lost} gone from its history" if lost else "",
+        )
+
+    async def _apply(self, event: CallChanged, now: float) -> None:
+        self._apply_now(event, now)
+        # Let the deliveries just started run before the next change (a burst of changes
+        # otherwise starts every lookup before the first one's answer is published).
+        await asyncio.sleep(0)
+
+    def _apply_now(self, event: CallChanged, now: float) -> None:
+        """The tracker's commands for ``event``, each started on its way; nothing awaited."""
+        for command in self.tracker.apply(event, now):
+            self._count(command)
+            self._tell_wrapup(command, now)
+            before = self._chains.get(command.pop_id)
+            chain = asyncio.create_task(self._deliver(command, now, before), name=f"pop-{command.pop_id}")
+            self._chains[command.pop_id] = chain
+            chain.add_done_callback(self._chain_done(command.pop_id))
+        if self.wrapup is not None:
+            try:
+                self.wrapup.observe_call(event.call, now)
+            except Exception:
+                log.exception("call %s: the wrap-up desk missed a change", event.call.id)
+
+    def _count(self, command: PopCommand) -> None:
+        if isinstance(command, ShowPop):
+            self._pops_of_call.setdefault(command.call_id, set()).add(command.pop_id)
+            self._call_of_pop[command.pop_id] = command.call_id
+        elif isinstance(command, RetractPop):
+            call_id = self._call_of_pop.pop(command.pop_id, None)
+            if call_id is None:
+                return
+            pops = self._pops_of_call.get(call_id)
+            if pops is not None:
+                pops.discard(command.pop_id)
+                if not pops:
+                    del self._pops_of_call[call_id]
 
     def _chain_done(self, pop_id: str) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:

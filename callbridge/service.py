@@ -105,7 +105,9 @@ class Service:
         self.dialer = ClickToDial(
             self.store, self.client.send_action, screenpop.dial, region=config.default_region
         )
-        self.pops = PopPipeline(self.bus, self.store, self.hub, wrapup=self.wrapup, webhooks=self.webhooks)
+        self.pops = PopPipeline(
+            self.bus, self.store, self.hub, wrapup=self.wrapup, webhooks=self.webhooks, model=self.model
+        )
         await self.pops.start()
         http = self.settings.http
         # Bind first: the agent WebSocket accepts only this server's own Origin, port included.
