@@ -114,6 +114,9 @@ async def put_agent(request: web.Request) -> web.Response:
     agent_id = _agent_id(request)
     body = await read_json(request, PUT_AGENT)
     admin = request.app[_ADMIN]
+    # The only await comes first: from the ownership check to the model's change nothing else
+    # runs, so a resync or another request cannot take a device in between.
+    new_hash = await asyncio.to_thread(hash_password, body["password"]) if "password" in body else None
     interfaces = tuple(dict.fromkeys(body["interfaces"]))
     for index, interface in enumerate(interfaces):
         owner = admin.model.agent_for_device(device_of_interface(interface))
@@ -122,14 +125,11 @@ async def put_agent(request: web.Request) -> web.Response:
                 409, "conflict", f"{interface} is agent {owner!r}'s device", field=f"interfaces[{index}]"
             )
     before = admin.directory.get(agent_id)
-    password_hash = before.password_hash if before else ""
-    if "password" in body:
-        password_hash = await asyncio.to_thread(hash_password, body["password"])
     agent = AgentSettings(
         agent_id,
         body.get("name") or (before.name if before else agent_id),
         interfaces,
-        password_hash,
+        new_hash if new_hash is not None else (before.password_hash if before else ""),
         body.get("dial_device", ""),
     )
     admin.directory.put(agent)

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "ping_timeout": 5.0,
         "backoff_initial": 0.5,
         "backoff_max": 30.0,
+        "event_filters": ["!Event: VarSet"],
     },
     "agents": [],
     "queues": [],
@@ -90,6 +91,7 @@ SCHEMA: dict[str, Any] = {
                 "ping_timeout": {"type": "number", "exclusiveMinimum": 0},
                 "backoff_initial": _NUMBER,
                 "backoff_max": {"type": "number", "exclusiveMinimum": 0},
+                "event_filters": {"type": "array", "items": {"type": "string", "minLength": 1}},
             },
         },
         "agents": {
@@ -418,7 +420,7 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
     assert screenpop is not None
-    ami = data["ami"]
+    ami = data["ami"] | {"event_filters": tuple(data["ami"]["event_filters"])}
     return Settings(
         ami=AMIConfig(**ami),
         pbx_name=data["pbx"]["name"],
@@ -540,6 +542,9 @@ def _coerce(raw: str, spec: Mapping[str, Any]) -> Any:
             token, _, role = rest.partition(":")
             tokens.append({"name": name, "token": token} | ({"role": role} if role else {}))
         return tokens
+    if kind == "array" and spec.get("items", {}).get("type") == "string":
+        # CALLBRIDGE_AMI_EVENT_FILTERS="!Event: VarSet,!Event: Cdr"
+        return [part.strip() for part in raw.split(",") if part.strip()]
     if kind == "boolean":
         if raw.lower() in ("1", "true", "yes", "on"):
             return True

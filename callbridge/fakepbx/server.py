@@ -51,6 +51,7 @@ import hashlib
 import itertools
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -170,6 +171,8 @@ class _Session:
     challenge: str = ""
     closing: str = ""
     task: asyncio.Task[None] | None = None
+    filters: list[tuple[re.Pattern[str], bool]] = field(default_factory=list)
+    """AMI ``Filter`` regexes on the event text; True: an exclusion (``!``)."""
 
     @property
     def session_id(self) -> str:
@@ -179,6 +182,14 @@ class _Session:
         if not self.authenticated or not self.mask:
             return False
         return "all" in self.mask or bool(_classes(privilege) & self.mask)
+
+    def passes(self, text: str) -> bool:
+        """manager.c's filter rule: with include filters an event must match one of them, and it
+        must match no exclude filter."""
+        includes = [pattern for pattern, exclude in self.filters if not exclude]
+        if includes and not any(pattern.search(text) for pattern in includes):
+            return False
+        return not any(pattern.search(text) for pattern, exclude in self.filters if exclude)
 
     def close(self, reason: str, *, abort: bool = False) -> None:
         if not self.closing:
@@ -298,6 +309,7 @@ class FakePBX:
             "logoff": self._action_logoff,
             "ping": self._action_ping,
             "events": self._action_events,
+            "filter": self._action_filter,
             "coreshowchannels": self._action_core_show_channels,
             "status": self._action_status,
             "queuestatus": self._action_queue_status,
@@ -560,11 +572,13 @@ class FakePBX:
         for session in self._sessions.values():
             if session.closing or not session.authenticated or not session.mask:
                 continue
-            if "all" in session.mask:
+            if "all" in session.mask and not session.filters:
                 data = step.data
             else:
                 data = b"".join(
-                    m.text.encode() + b"\r\n\r\n" for m in step.messages if session.wants(m.get("Privilege"))
+                    m.text.encode() + b"\r\n\r\n"
+                    for m in step.messages
+                    if session.wants(m.get("Privilege")) and session.passes(m.text)
                 )
             if data:
                 session.writer.write(data)
@@ -578,7 +592,11 @@ class FakePBX:
         self.state.apply(message, self._pbx_now())
         data = format_pairs(event)
         privilege = message.get("Privilege")
-        targets = [s for s in self._sessions.values() if not s.closing and s.wants(privilege)]
+        targets = [
+            s
+            for s in self._sessions.values()
+            if not s.closing and s.wants(privilege) and s.passes(message.text)
+        ]
         for session in targets:
             session.writer.write(data)
         await asyncio.gather(*(self._drain(s) for s in targets))
@@ -799,6 +817,23 @@ class FakePBX:
             session,
             _response(action.action_id or None, "Success", [("Ping", "Pong"), ("Timestamp", f"{now:.6f}")]),
         )
+        return True
+
+    async def _action_filter(self, session: _Session, action: Message) -> bool:
+        """``Filter`` (Operation ``Add``): a regex on the event text, ``!`` in front to exclude."""
+        action_id = action.action_id or None
+        if (action.get("Operation") or "").lower() != "add":
+            await self._send(session, _error(action_id, "Unknown operation"))
+            return True
+        text = action.get("Filter") or ""
+        exclude = text.startswith("!")
+        try:
+            pattern = re.compile(text[1:] if exclude else text)
+        except re.error:
+            await self._send(session, _error(action_id, "Filter Not Added"))
+            return True
+        session.filters.append((pattern, exclude))
+        await self._send(session, _response(action_id, "Success", [("Message", "Filter Added")]))
         return True
 
     async def _action_events(self, session: _Session, action: Message) -> bool:

@@ -68,6 +68,10 @@ class AMIConfig:
     backoff_factor: float = 2.0
     stop_on_auth_failure: bool = False
     id_prefix: str = "cb"
+    event_filters: tuple[str, ...] = ()
+    """AMI ``Filter`` expressions sent after each login (``!Event: VarSet`` drops an event the
+    PBX would otherwise send by the thousand): the PBX stops sending what nobody reads. Needs the
+    manager user's ``system`` write permission; refused, the link works unfiltered (logged)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +345,16 @@ class AMIClient:
         result = await action("Login", fields)
         if not result.ok:
             raise AuthenticationFailed(result.message or result.response.name)
+        for expression in config.event_filters:
+            answer = await action("Filter", {"Operation": "Add", "Filter": expression})
+            if not answer.ok:
+                log.warning(
+                    "AMI filter %r refused (%s): the PBX sends those events anyway; give the manager "
+                    "user write = system, or set the filter as eventfilter in manager.conf",
+                    expression,
+                    answer.message or answer.response.name,
+                )
+                break
 
     async def _read_loop(self, reader: asyncio.StreamReader, protocol: AMIClientProtocol) -> None:
         while True:

@@ -20,6 +20,7 @@ from callbridge.agents_api import AgentAdmin, add_agent_routes
 from callbridge.fakepbx import FakePBX
 from callbridge.service import Service
 from callbridge.settings import AgentSettings, ApiToken, load_settings
+from cti.asterisk import PBXResynced
 from cti.model import AgentChanged, AgentConfig, CallModel
 from customers.api import customer_api
 from customers.sqlite_store import SQLiteStore
@@ -149,8 +150,11 @@ async def test_through_the_service_a_desk_handed_to_a_new_agent_pops_the_next_ca
             customers=dataclasses.replace(base.customers, database=str(tmp_path / "customers.db")),
             http=dataclasses.replace(base.http, port=0, api_tokens=(OPS,)),
         )
-        async with Service(settings) as service:
+        service = Service(settings)
+        resynced = service.bus.subscribe(PBXResynced, name="test-resynced")
+        async with service:
             assert await asyncio.wait_for(pbx.wait_paused(), 10)
+            await asyncio.wait_for(resynced.get(), 10)  # the PBX's queue members are known
             origin = f"http://127.0.0.1:{service.http_port}"
             auth = {"Authorization": f"Bearer {OPS.token}"}
             async with aiohttp.ClientSession(origin, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:

@@ -759,3 +759,38 @@ def test_queues_conf_templates_and_members() -> None:
         ("Local/a@x/n", 2, "Ann", "Local/a@x"),
         ("Local/b@x/n", 0, "Local/b@x/n", "Local/b@x/n"),
     ]
+
+
+async def test_event_filters_from_the_client_keep_varset_off_the_wire() -> None:
+    """``AMIConfig.event_filters`` become AMI ``Filter`` actions after login; the fake PBX applies
+    them as manager.c does (an include must match, no exclude may), so VarSet never arrives."""
+    from cti.ami.client import AMIClient, AMIConfig
+
+    async def received(filters: tuple[str, ...]) -> list[str]:
+        async with FakePBX(["queue_answered"], speed=None, loop_scenarios=False) as pbx:
+            pbx.pause_replay(at=0.001)
+            names: list[str] = []
+            config = AMIConfig(port=pbx.port, username="lab", secret="lab", event_filters=filters)
+            client = AMIClient(config)
+            client.add_listener(lambda m: names.append(m.name) if isinstance(m, Message) else None)
+            await client.start()
+            try:
+                await asyncio.wait_for(client.wait_connected(), 5)
+                assert await asyncio.wait_for(pbx.wait_paused(), 5)
+                pbx.resume_replay()
+                await asyncio.wait_for(pbx.replay_done(), 10)
+                await client.send_action("Ping")
+            finally:
+                await client.stop()
+            assert [a.get("Filter") for a in pbx.actions_named("Filter")] == list(filters)
+            return names
+
+    everything = await received(())
+    assert everything.count("VarSet") > 50
+    without = await received(("!Event: VarSet",))
+    assert "VarSet" not in without
+    assert [n for n in everything if n != "VarSet"] == without
+    # A regex search over the event text, as in Asterisk: "Hangup" finds HangupRequest too. The
+    # events of the login itself come before the filter exists.
+    only = await received(("Event: (AgentCalled|Hangup)",))
+    assert set(only) - {"SuccessfulAuth", "FullyBooted"} == {"AgentCalled", "Hangup", "HangupRequest"}

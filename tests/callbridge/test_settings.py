@@ -135,3 +135,13 @@ def test_screenpop_errors_name_the_missing_secret_and_the_repeated_disposition(t
         load_settings(path, environ={})
     text = "\n".join(info.value.problems)
     assert "screenpop.webhooks.0" in text and "ftp://x" in text
+
+
+def test_ami_event_filters_default_to_dropping_varset_and_come_from_env_as_a_list() -> None:
+    assert load_settings(ROOT / "config" / "callbridge.yaml", environ={}).ami.event_filters == (
+        "!Event: VarSet",
+    )
+    env = {"CALLBRIDGE_AMI_EVENT_FILTERS": "!Event: VarSet, !Event: Cdr"}
+    settings = load_settings(ROOT / "config" / "callbridge.yaml", environ=env)
+    assert settings.ami.event_filters == ("!Event: VarSet", "!Event: Cdr")
+    assert load_settings(environ={"CALLBRIDGE_AMI_EVENT_FILTERS": ""}).ami.event_filters == ()

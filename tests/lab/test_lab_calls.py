@@ -286,3 +286,31 @@ async def test_wrap_up_after_a_queue_call_then_ready(service: Service) -> None:
     wrap = (await until(sub, agent_is("wrap_up")))[-1].agent
     ready = (await until(sub, agent_is("ready"), timeout=5))[-1]
     assert wrap.status.value == "wrap_up" and ready.agent.status.value == "ready"
+
+
+async def test_the_shipped_event_filter_keeps_varset_away_and_the_call_model_whole(lab: Any) -> None:
+    """The settings' ``ami.event_filters`` (``!Event: VarSet``) on the real Asterisk: the PBX stops
+    sending VarSet, and a queue call is still followed from queued to ended."""
+    from cti.ami.message import Message
+
+    lab.wait_idle()
+    settings = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
+    assert settings.ami.event_filters == ("!Event: VarSet",)
+    ami = lab.ami_config(event_filters=settings.ami.event_filters)
+    svc = Service(dataclasses.replace(settings, ami=ami), web=False)
+    names: list[str] = []
+    svc.client.add_listener(lambda m: names.append(m.name) if isinstance(m, Message) else None)
+    ready = svc.bus.subscribe(PBXResynced, name="test-ready")
+    sub = svc.bus.subscribe(CallChanged, name="test")
+    async with svc:
+        async with asyncio.timeout(15):
+            await ready.get()
+        await originate(
+            svc, "Local/pstn@callers", "from-pstn", "8005550100", '"Jane Doe" <+14155550123>', "CALLER_HOLD=3"
+        )
+        queued = (await until(sub, call_in(CallState.QUEUED, queue="support")))[-1].call
+        await until(sub, call_in(CallState.CONNECTED, id=queued.id))
+        ended = (await until(sub, call_in(CallState.ENDED, id=queued.id), timeout=20))[-1].call
+    lab.wait_idle()
+    assert ended.hangup_cause == 16
+    assert "VarSet" not in names and {"AgentCalled", "Newchannel", "Hangup"} <= set(names)
