@@ -70,11 +70,17 @@ class Service:
         self.dialer: ClickToDial | None = None
 
     async def start(self) -> None:
-        if self._web:
-            await self._start_web()
-        subscription = self.bus.subscribe(name="call-log")
-        self._log_task = asyncio.create_task(self._log_changes(subscription), name="call-log")
-        await self.cti.start()
+        """Start every part; if one fails, the ones started are stopped again before the error
+        propagates (an open store's worker thread would otherwise keep the process alive)."""
+        try:
+            if self._web:
+                await self._start_web()
+            subscription = self.bus.subscribe(name="call-log")
+            self._log_task = asyncio.create_task(self._log_changes(subscription), name="call-log")
+            await self.cti.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _start_web(self) -> None:
         from callbridge.web import make_app

@@ -133,3 +133,30 @@ async def test_garbage_and_a_1mb_line_mid_call_leave_the_model_right(
     assert (ended.agent, ended.queue, ended.hangup_cause) == ("agent1", "support", 16)
     assert "not an AMI message: the first line is not Event/Response/Action" in caplog.text
     assert "without a message end (limit 262144); discarding up to the next blank line" in caplog.text
+
+
+async def test_a_start_that_fails_stops_what_it_started(tmp_path: Path) -> None:
+    """The HTTP port is taken: start raises, and the customer store it had opened is closed again
+    (its worker thread would keep the process from exiting)."""
+    import socket
+    import threading
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        base = load_settings(ROOT / "config" / "callbridge.yaml", environ={})
+        settings = dataclasses.replace(
+            base,
+            customers=dataclasses.replace(base.customers, database=str(tmp_path / "customers.db")),
+            http=dataclasses.replace(base.http, port=taken.getsockname()[1]),
+        )
+        before = set(threading.enumerate())
+        service = Service(settings)
+        with pytest.raises(OSError):
+            await service.start()
+        assert service.store is None and service.pops is None and service.wrapup is None
+        await asyncio.sleep(0.1)
+        assert not [t for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]
+    finally:
+        taken.close()
