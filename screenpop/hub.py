@@ -5,7 +5,11 @@ Protocol (JSON text messages):
 - server -> client: ``{"type": "pop"|"update"|"retract", "seq": n, "pop_id": ..., ...}``. ``seq``
   counts every change of one agent's pops from 1, in the order they were published. ``pop``
   carries ``call_id``, ``facts`` and ``payload`` (the assembled pop); ``update`` carries
-  ``reason``, ``facts`` and ``payload``; ``retract`` carries ``reason``.
+  ``reason``, ``facts`` and, only when the pop was assembled again (its payload changed, e.g.
+  after the agent linked a customer), ``payload``: an update without ``payload`` keeps the one
+  the client has (the pop's or the last update's). ``retract`` carries ``reason``. (Until
+  2026-11 every update repeated the whole payload, a few kB of profile per call change, encoded,
+  compressed and sent again for nothing; a replayed ``pop`` still carries the current payload.)
 - client -> server, first: ``{"type": "hello", "last_seq": n | null, "epoch": e | null}``. The
   server answers ``{"type": "welcome", "epoch": e, "seq": s, "live": [pop ids]}`` and then
   replays, in ``seq`` order, what the client has not seen: each live pop changed after
@@ -214,20 +218,17 @@ class PopHub:
                 logger.warning("update for a pop not shown", extra={"pop_id": command.pop_id})
                 return
             agent.seq += 1
-            new_payload = dict(payload) if payload is not None else shown["payload"]
             message = {
                 "type": "update",
                 "seq": agent.seq,
                 "pop_id": command.pop_id,
                 "reason": str(command.reason),
                 "facts": command.facts,
-                "payload": new_payload,
             }
-            agent.live[command.pop_id] = shown | {
-                "seq": agent.seq,
-                "facts": command.facts,
-                "payload": new_payload,
-            }
+            current = shown | {"seq": agent.seq, "facts": command.facts}
+            if payload is not None:
+                message["payload"] = current["payload"] = dict(payload)
+            agent.live[command.pop_id] = current
         elif isinstance(command, RetractPop):
             if agent.live.pop(command.pop_id, None) is None:
                 return

@@ -275,7 +275,9 @@
   function updatePop(message) {
     const entry = state.pops[message.pop_id];
     if (!entry) return;
-    entry.message = { ...entry.message, facts: message.facts, payload: message.payload, seq: message.seq };
+    // An update carries the payload only when the pop was assembled again (hub.py): else keep ours.
+    const payload = "payload" in message ? message.payload : entry.message.payload;
+    entry.message = { ...entry.message, facts: message.facts, payload, seq: message.seq };
     const card = cardFor(message.pop_id, entry);
     card.lastReason = UPDATE_TEXT[message.reason] || message.reason;
     renderCard(card);

@@ -146,8 +146,27 @@ async def test_two_tabs_of_one_agent_both_get_it(server: Server) -> None:
             "pop_id": "c1:1001:1",
             "reason": "answered",
             "facts": {"state": "answered"},
-            "payload": {},
         }
+
+
+async def test_an_update_carries_the_payload_only_when_it_changed(server: Server) -> None:
+    hub = server.hub
+    alice = await server.agent("1001")
+    ws, _ = await alice.connect()
+    await hub.publish(show("1001", "c1"), {"customer": None, "match": "unknown"})
+    await hub.publish(UpdatePop("c1:1001:1", "1001", {"state": "answered"}, UpdateReason.ANSWERED))
+    relinked = {"customer": {"id": "C1"}, "match": "unique"}
+    await hub.publish(UpdatePop("c1:1001:1", "1001", {"state": "answered"}, UpdateReason.CUSTOMER), relinked)
+    await hub.publish(UpdatePop("c1:1001:1", "1001", {"state": "held"}, UpdateReason.HELD))
+    pop, answered, customer, held = await receive_n(ws, 4)
+    assert pop["payload"] == {"customer": None, "match": "unknown"}
+    assert "payload" not in answered and "payload" not in held
+    assert customer["payload"] == relinked
+    # A new tab gets the pop with the payload of its last assembly and the facts of its last update.
+    tab, _ = await alice.connect()
+    (replay,) = await receive_n(tab, 1)
+    assert (replay["type"], replay["seq"], replay["replay"]) == ("pop", 4, True)
+    assert replay["payload"] == relinked and replay["facts"] == {"state": "held"}
 
 
 async def test_reconnect_replays_only_what_was_missed(server: Server) -> None:

@@ -220,6 +220,9 @@ async def test_alice_logs_in_sees_jane_does_pop_resumes_and_wraps_up(
         pbx.pause_replay(at=3.0)
         await page.wait_for_selector("article.pop[data-state=answered] form.wrapup", timeout=10_000 * unit)
         assert await asyncio.wait_for(pbx.wait_paused(), 10 * unit)
+        # The updates carry no payload (hub.py): the card keeps the customer it showed.
+        assert await card.locator("h2.caller").inner_text() == "Jane Doe"
+        assert await card.locator(".note-text").inner_text() == "prefers email follow-ups"
 
         # The call ends: the card stays for the wrap-up.
         pbx.resume_replay()
