@@ -39,6 +39,10 @@ from screenpop import (
 
 log = logging.getLogger(__name__)
 
+_YIELD_EVERY = 32
+"""Changes the pipeline takes in a row without a turn of the event loop when none starts a
+delivery (see ``PopPipeline._run``)."""
+
 
 class PopPipeline:
     def __init__(
@@ -86,12 +90,21 @@ class PopPipeline:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, subscription: Subscription) -> None:
+        unyielded = 0
         async for event in subscription:
             now = self._clock()
             if isinstance(event, Lagged):
                 self._resync(event.dropped, now)
                 continue
-            await self._apply(event, now)
+            started = self._apply_now(event, now)
+            unyielded += 1
+            if started or unyielded >= _YIELD_EVERY:
+                # Let the deliveries just started run before the next change (a burst of changes
+                # otherwise starts every lookup before the first one's answer is published). Most
+                # changes start none (a call's Newstate, bridge, queue facts): those need no turn
+                # of the loop, but a long backlog of them still yields now and then.
+                unyielded = 0
+                await asyncio.sleep(0)
 
     def _resync(self, dropped: int, now: float) -> None:
         if self._model is None:
@@ -112,15 +125,11 @@ class PopPipeline:
             f", {lost} gone from its history" if lost else "",
         )
 
-    async def _apply(self, event: CallChanged, now: float) -> None:
-        self._apply_now(event, now)
-        # Let the deliveries just started run before the next change (a burst of changes
-        # otherwise starts every lookup before the first one's answer is published).
-        await asyncio.sleep(0)
-
-    def _apply_now(self, event: CallChanged, now: float) -> None:
-        """The tracker's commands for ``event``, each started on its way; nothing awaited."""
-        for command in self.tracker.apply(event, now):
+    def _apply_now(self, event: CallChanged, now: float) -> int:
+        """The tracker's commands for ``event``, each started on its way; nothing awaited.
+        Returns how many deliveries were started."""
+        commands = self.tracker.apply(event, now)
+        for command in commands:
             self._count(command)
             self._tell_wrapup(command, now)
             before = self._chains.get(command.pop_id)
@@ -132,6 +141,7 @@ class PopPipeline:
                 self.wrapup.observe_call(event.call, now)
             except Exception:
                 log.exception("call %s: the wrap-up desk missed a change", event.call.id)
+        return len(commands)
 
     def _count(self, command: PopCommand) -> None:
         if isinstance(command, ShowPop):
@@ -156,8 +166,10 @@ class PopPipeline:
 
     async def _deliver(self, command: PopCommand, now: float, before: asyncio.Task[None] | None) -> None:
         """Publish ``command`` after the pop's earlier delivery; a show is assembled first."""
-        if before is not None:
-            await asyncio.gather(before, return_exceptions=True)
+        if before is not None and not before.done():
+            # ``wait``, not ``gather``: lighter, and it never raises the earlier delivery's error
+            # (``_deliver`` logs its own) nor its cancellation into this one.
+            await asyncio.wait((before,))
         payload: dict[str, Any] | None = None
         try:
             if isinstance(command, ShowPop):
