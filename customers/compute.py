@@ -43,6 +43,8 @@ class Report:
     """Customers without orders whose value came from another system (kept as imported)."""
     segments: Mapping[str, int]
     """Members per segment, in the rule set's order."""
+    removed: tuple[str, ...]
+    """Stored segments no rule defines any more: emptied."""
     population: Population
     computed_at: float
     seconds: float
@@ -61,6 +63,7 @@ class Report:
             f"{self.customers} customers ({self.buyers} buyers, {self.imported} imported values) "
             f"in {self.seconds:.2f} s ({self.rate:,.0f}/s); {self.population.basis}; "
             f"segments: {members or 'none'}"
+            + (f"; emptied (no rule any more): {', '.join(self.removed)}" if self.removed else "")
         )
 
 
@@ -112,6 +115,10 @@ async def compute_all(store: CustomerStore, rules: RuleSet, now: float, *, batch
 
     for name, ids in members.items():
         await store.set_segments(name, ids, now)
+    # A segment taken out of the rules keeps no members: campaigns must not draw from it.
+    removed = [name for name in await store.segment_names() if name not in members]
+    for name in removed:
+        await store.set_segments(name, [], now)
     phases["store_segments"] = timer() - mark
 
     report = Report(
@@ -119,6 +126,7 @@ async def compute_all(store: CustomerStore, rules: RuleSet, now: float, *, batch
         buyers=buyers,
         imported=imported,
         segments={name: len(ids) for name, ids in members.items()},
+        removed=tuple(removed),
         population=stats,
         computed_at=now,
         seconds=timer() - started,

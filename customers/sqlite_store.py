@@ -1957,6 +1957,14 @@ class SQLiteStore(CustomerStore):
             )
         return len(members)
 
+    async def segment_names(self) -> list[str]:
+        return await self._run(self._segment_names)
+
+    @staticmethod
+    def _segment_names(conn: sqlite3.Connection) -> list[str]:
+        with _transaction(conn, write=False):
+            return [row[0] for row in conn.execute("SELECT DISTINCT segment FROM segment_members ORDER BY 1")]
+
     async def segments_of(self, customer_id: str) -> list[str]:
         return await self._run(self._segments_of, customer_id)
 

@@ -290,6 +290,10 @@ class CustomerStore(abc.ABC):
         """Replace the members of one segment (bulk); returns how many."""
 
     @abc.abstractmethod
+    async def segment_names(self) -> list[str]:
+        """The segments that have members, by name."""
+
+    @abc.abstractmethod
     async def segments_of(self, customer_id: str) -> list[str]: ...
 
     @abc.abstractmethod

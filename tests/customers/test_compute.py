@@ -211,3 +211,16 @@ async def test_an_empty_store(store: SQLiteStore) -> None:
     assert (report.customers, report.buyers, report.imported) == (0, 0, 0)
     assert set(report.segments.values()) == {0}
     assert "0 customers" in report.summary()
+
+
+async def test_a_segment_taken_out_of_the_rules_is_emptied(store: SQLiteStore, clock: Clock) -> None:
+    ids = await cast(store, clock)
+    await compute_all(store, RULES, NOW)
+    before = await store.segment_names()
+    assert "dormant" in before or "new_customers" in before
+    only_top = parse_rules({"segments": {"top": {"value_score": ">= 75"}}})
+    report = await compute_all(store, only_top, NOW)
+    assert set(report.removed) == set(before) - {"top"}
+    assert await store.segment_names() == (["top"] if report.segments["top"] else [])
+    assert await store.segments_of(ids["ann"]) in ([], ["top"])
+    assert "emptied (no rule any more)" in report.summary()
