@@ -213,6 +213,16 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
     except CustomerError as exc:
+        if exc.status == 503:
+            # Busy (another writer past the busy timeout) or not open: nothing was written; a
+            # retry shortly is the answer, so say when.
+            log.warning("customer API: %s %s: %s", request.method, request.path, exc)
+            return error_response(
+                503,
+                exc.code,
+                "the customer store is busy; nothing was written, try again",
+                headers={"Retry-After": "1"},
+            )
         if exc.status >= 500:
             # Storage trouble: the details (file paths, SQL) are for the log, not the client.
             ref = secrets.token_hex(4)

@@ -78,7 +78,7 @@ from customers.model import (
 )
 from customers.store import Conflict, CustomerError, CustomerStore, InvalidInput, NotFound, PlainCustomer
 
-__all__ = ["IdentityConflict", "SQLiteStore", "StorageError", "StoreClosed"]
+__all__ = ["IdentityConflict", "SQLiteStore", "StorageError", "StoreBusy", "StoreClosed"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,24 @@ class StorageError(CustomerError):
 class StoreClosed(StorageError):
     code = "store-closed"
     status = 503
+
+
+class StoreBusy(StorageError):
+    """Another writer held the database past the busy timeout: try again shortly."""
+
+    code = "store-busy"
+    status = 503
+
+
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _storage_error(path: object, exc: sqlite3.Error) -> StorageError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    # Extended codes (SQLITE_BUSY_SNAPSHOT ...) keep the primary code in the low byte.
+    if code is not None and code & 0xFF in _BUSY_CODES:
+        return StoreBusy(f"{path}: {exc}")
+    return StorageError(f"{path}: {exc}")
 
 
 class IdentityConflict(Conflict):
@@ -649,7 +667,7 @@ class SQLiteStore(CustomerStore):
         except sqlite3.IntegrityError as exc:
             raise Conflict(f"{self.path}: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+            raise _storage_error(self.path, exc) from exc
         return cast(T, result)
 
     # --- id resolution ---------------------------------------------------------------------------
@@ -923,7 +941,7 @@ class SQLiteStore(CustomerStore):
         try:
             return self._lookup(reader, identity, phone.extension, self.clock())
         except sqlite3.Error as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+            raise _storage_error(self.path, exc) from exc
 
     def _lookup_key(self, conn: sqlite3.Connection, key: str, now: float) -> list[Candidate]:
         with _transaction(conn, write=False):

@@ -856,6 +856,34 @@ async def test_a_closed_store_answers_503_without_details(tmp_path: Path) -> Non
     assert "never-opened.db" not in error["message"]
 
 
+async def test_a_write_blocked_by_another_writer_answers_503_retry_after_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock past the busy timeout: 503 store-busy with
+    Retry-After, nothing stored; once the lock is gone the same request succeeds."""
+    import sqlite3
+
+    path = tmp_path / "customers.db"
+    store = SQLiteStore(path, busy_timeout=0.2)
+    app = web.Application()
+    app.add_subapp("/api/", customer_api(store, [SHOP]))
+    server = TestServer(app, host="127.0.0.1", port=0)
+    async with store, server, TestClient(server) as client:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            response = await client.post("/api/customers", json={"display_name": "Ann Lee"}, headers=AUTH)
+            assert response.status == 503 and response.headers["Retry-After"] == "1"
+            error = error_of(await response.json())
+            assert error["code"] == "store-busy" and str(path) not in error["message"]
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert (await store.search("Ann Lee")) == []
+        response = await client.post("/api/customers", json={"display_name": "Ann Lee"}, headers=AUTH)
+        assert response.status == 201
+
+
 async def test_served_by_an_app_runner_to_a_client_session(tmp_path: Path) -> None:
     """The way the service runs it: AppRunner + TCPSite on loopback, a plain ClientSession."""
     store = SQLiteStore(tmp_path / "customers.db")
