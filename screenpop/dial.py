@@ -121,6 +121,11 @@ class ClickToDial:
                 f"{e164} may not be called now: " + "; ".join(permission.reasons),
                 "number",
             )
+        if customer_id is None and len(permission.customer_ids) == 1:
+            # The one holder of the number: its CUSTOMER_ID rides on the Originate, so the pop
+            # shows the customer while the agent's device rings (the number itself only appears
+            # in AMI once the agent answers).
+            customer_id = permission.customer_ids[0]
         request = DialRequest(agent_id, device, e164, customer_id)
         fields = originate_fields(request, self.config)
         try:

@@ -89,3 +89,18 @@ async def test_the_pbx_gets_the_originate_and_the_answer_comes_back_at_once(stor
     (originate,) = pbx.actions_named("Originate")
     assert originate.action_id == result["action_id"]
     assert originate.get("Exten") == "+442079460958" and originate.get("Channel") == "Local/agent1@agents/n"
+
+
+async def test_a_number_one_customer_holds_is_dialled_with_that_customer_id(store: SQLiteStore) -> None:
+    jane = await store.create_customer("Jane Doe", identities=[("phone", "+442079460958")])
+    async with FakePBX([], speed=None) as pbx:
+        client = AMIClient(AMIConfig(port=pbx.port, username="lab", secret="lab", backoff_initial=0.05))
+        async with client:
+            await client.wait_connected(timeout=10)
+            dialer = ClickToDial(store, client.send_action, DialSettings(), region="GB")
+            dialer.clock = lambda: datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
+            await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0958")
+            await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0959")
+    held, nobody = pbx.actions_named("Originate")
+    assert f"CUSTOMER_ID={jane.id}" in held.get_all("Variable")
+    assert not [v for v in nobody.get_all("Variable") if v.startswith("CUSTOMER_ID=")]
