@@ -133,6 +133,12 @@ class PopPipeline:
             self._count(command)
             self._tell_wrapup(command, now)
             before = self._chains.get(command.pop_id)
+            if before is None and not isinstance(command, ShowPop):
+                # Nothing of this pop in flight (its show was published long ago): an update
+                # or a retract needs no lookup, so it is published now, in bus order, without
+                # a task of its own (two per call).
+                self._publish_now(command)
+                continue
             chain = asyncio.create_task(self._deliver(command, now, before), name=f"pop-{command.pop_id}")
             self._chains[command.pop_id] = chain
             chain.add_done_callback(self._chain_done(command.pop_id))
@@ -182,6 +188,14 @@ class PopPipeline:
         if self.wrapup is not None and isinstance(customer, Mapping) and isinstance(customer.get("id"), str):
             self.wrapup.customer_found(command.pop_id, customer["id"])
         self._tell_webhooks(command, payload)
+
+    def _publish_now(self, command: PopCommand) -> None:
+        """What ``_deliver`` does for a command with no payload and nothing to wait for."""
+        try:
+            self.hub.publish_now(command)
+        except Exception:
+            log.exception("pop %s for agent %s not delivered", command.pop_id, command.agent_id)
+        self._tell_webhooks(command, None)
 
     def _tell_wrapup(self, command: PopCommand, now: float) -> None:
         """In bus order, before any await: the desk's record of a pop exists before the call's

@@ -197,6 +197,13 @@ class PopHub:
     ) -> None:
         """Send ``command`` to its agent's sockets; ``payload`` is the assembled pop (kept when
         ``None`` on an update); ``t0`` is the PBX event time of a ``ShowPop``, for latency."""
+        self.publish_now(command, payload, t0=t0)
+
+    def publish_now(
+        self, command: PopCommand, payload: Mapping[str, JsonValue] | None = None, *, t0: float | None = None
+    ) -> None:
+        """``publish`` without a coroutine: it never awaits (Rule 1), so a caller that is not a
+        coroutine (the pop pipeline's updates and retracts) need not start a task for it."""
         agent = self._agents.setdefault(command.agent_id, _AgentPops())
         message: dict[str, Any]
         if isinstance(command, ShowPop):
