@@ -366,12 +366,14 @@
     const number = outbound ? facts.remote_num : facts.caller_num;
     const title = callerTitle(entry);
     const label = { ringing: "ringing", answered: "on call", held: "on hold", ended: "wrap-up", gone: "gone" };
+    // A click-to-dial the agent picked up while the customer's phone still rings.
+    const dialing = phase === "answered" && outbound && facts.customer_answered_at === null;
     return el(
       "header",
       { class: "pop-head" },
       el("h2", { class: "caller" }, title),
       number && number !== title ? el("span", { class: "number" }, number) : null,
-      el("span", { class: `badge badge-${phase}` }, label[phase] || phase),
+      el("span", { class: `badge badge-${dialing ? "dialing" : phase}` }, dialing ? "dialing" : label[phase] || phase),
       reason ? el("span", { class: "reason" }, reason) : null,
     );
   }

@@ -457,3 +457,32 @@ async def test_hold_and_unhold_update_the_card(tmp_path: Path, browser: Browser,
         assert await card.count() == 1
         await context.close()
         assert watch.problems == []
+
+
+async def test_a_click_to_dial_card_says_dialing_until_the_customer_answers(
+    tmp_path: Path, browser: Browser, unit: float
+) -> None:
+    """The real click-to-dial capture: Alice's device rings, she picks up (the customer's phone
+    rings: "dialing"), the customer answers ("on call")."""
+
+    async def jane(store: SQLiteStore) -> None:
+        await store.create_customer("Jane Doe", identities=[("phone", "+14155550123")])
+
+    async with service_with_pbx(tmp_path, jane, "click_to_dial_answered") as (_service, pbx, origin):
+        context = await browser.new_context()
+        page = await context.new_page()
+        watch = Watch()
+        watch.attach(page)
+        await log_in(page, origin, "agent1", unit)
+        pbx.resume_replay()
+        pbx.pause_replay(at=4.0)
+        card = page.locator("article.pop")
+        await page.locator("article.pop .badge-dialing").wait_for(timeout=10_000 * unit)
+        assert await card.locator(".badge").inner_text() == "dialing"
+        assert await card.locator(".call-direction").inner_text() == "outbound"
+        pbx.resume_replay()
+        pbx.pause_replay(at=7.0)
+        await page.locator("article.pop .badge-answered").wait_for(timeout=10_000 * unit)
+        assert await card.locator(".badge").inner_text() == "on call"
+        await context.close()
+        assert watch.problems == []
