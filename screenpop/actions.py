@@ -176,6 +176,7 @@ async def _wrapup(request: web.Request) -> web.Response:
     customer_id = _text(body, "customer_id", required=False)
     assert pop_id is not None and disposition is not None
     result = await actions.wrapup.submit(agent_id, pop_id, disposition, notes or "", customer_id)
+    actions.hub.notify(agent_id, {"type": "wrapped", "pop_id": pop_id})
     return web.json_response(result)
 
 

@@ -10,6 +10,9 @@ Protocol (JSON text messages):
   the client has (the pop's or the last update's). ``retract`` carries ``reason``. (Until
   2026-11 every update repeated the whole payload, a few kB of profile per call change, encoded,
   compressed and sent again for nothing; a replayed ``pop`` still carries the current payload.)
+- server -> client, outside ``seq``: ``{"type": "wrapped", "pop_id": ...}`` when the agent's
+  wrap-up of that pop was stored (from any tab): every tab drops the card. Not replayed; a tab
+  that missed it learns the same from ``GET /agent/me``'s pending wrap-ups.
 - client -> server, first: ``{"type": "hello", "last_seq": n | null, "epoch": e | null}``. The
   server answers ``{"type": "welcome", "epoch": e, "seq": s, "live": [pop ids]}`` and then
   replays, in ``seq`` order, what the client has not seen: each live pop changed after
@@ -187,6 +190,19 @@ class PopHub:
     def sockets(self, agent_id: str) -> int:
         agent = self._agents.get(agent_id)
         return len(agent.sockets) if agent else 0
+
+    def notify(self, agent_id: str, message: Mapping[str, JsonValue]) -> None:
+        """Send ``message`` to every socket of the agent now, outside the pops' ``seq`` (not
+        replayed): news a tab can also learn by asking, such as a stored wrap-up."""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return
+        text = json.dumps(message)
+        for conn in list(agent.sockets):
+            if len(conn) >= self._max_queue:
+                self._drop(agent, conn)
+            else:
+                conn.enqueue(text)
 
     def live(self, agent_id: str) -> list[str]:
         agent = self._agents.get(agent_id)

@@ -842,6 +842,7 @@
     if (message.type === "pop") showPop(message);
     else if (message.type === "update") updatePop(message);
     else if (message.type === "retract") retractPop(message.pop_id, message.reason);
+    else if (message.type === "wrapped") finishWrapup(message.pop_id);
     saveState();
   }
 

@@ -228,6 +228,12 @@ async def test_alice_logs_in_sees_jane_does_pop_resumes_and_wraps_up(
         pbx.resume_replay()
         await page.wait_for_selector("article.pop[data-state=ended]", timeout=10_000 * unit)
         assert await card.locator(".reason").inner_text() == "call ended"
+        # Another tab shows the call waiting for its wrap-up too (GET /agent/me).
+        tab3 = await context.new_page()
+        watch.attach(tab3)
+        await tab3.goto(f"{origin}/agent/")
+        waiting_elsewhere = tab3.locator("article.pop")
+        await waiting_elsewhere.wait_for(timeout=10_000 * unit)
         form = card.locator("form.wrapup")
         await form.locator("select[name=disposition]").select_option("follow_up")
         await form.locator("button[type=submit]").click()
@@ -238,6 +244,9 @@ async def test_alice_logs_in_sees_jane_does_pop_resumes_and_wraps_up(
         await form.locator("button[type=submit]").click()
         await card.wait_for(state="detached", timeout=10_000 * unit)
         assert await page.locator("#empty").is_visible()
+        # The other tab drops its card at once ("wrapped" over the WebSocket), no reload.
+        await waiting_elsewhere.wait_for(state="detached", timeout=5_000 * unit)
+        await tab3.close()
 
         # The wrap-up reached Jane's timeline through the store, with the note as typed.
         assert service.store is not None
