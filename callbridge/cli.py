@@ -138,10 +138,18 @@ async def _demo(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
                 flush=True,
             )
             if web:
-                host = settings.http.host
+                base_url = f"http://{settings.http.host}:{service.http_port}"
+                tokens = [t for t in settings.http.api_tokens if t.name == "demo"]
                 print(
-                    f"callbridge demo: agent page http://{host}:{service.http_port}/agent/ ; log in as\n"
-                    + "\n".join(login_lines(settings.agents)),
+                    f"callbridge demo: agent page {base_url}/agent/ ; log in as\n"
+                    + "\n".join(login_lines(settings.agents))
+                    + (
+                        f"\ncallbridge demo: REST API {base_url}/api/ (docs/api.md), e.g.\n"
+                        f"  curl -H 'Authorization: Bearer {tokens[0].token}' "
+                        f"'{base_url}/api/customers?phone=4155550123'"
+                        if tokens
+                        else ""
+                    ),
                     file=out,
                     flush=True,
                 )

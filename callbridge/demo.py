@@ -20,7 +20,7 @@ from pathlib import Path
 
 import phonenumbers
 
-from callbridge.settings import AgentSettings, Settings
+from callbridge.settings import AgentSettings, ApiToken, Settings
 from customers.compute import compute_all
 from customers.model import Channel, Identity, IdentityKind, NewCustomer
 from customers.segments import RuleSet, load_rules
@@ -281,11 +281,19 @@ def _generated_customer(n: int, rng: random.Random) -> NewCustomer:
     )
 
 
+DEMO_API_TOKEN = ApiToken("demo", "demo-api-token-0123456789", role="admin")
+"""The REST API's token in the demo when the settings give none (printed with the logins)."""
+
+
 def with_demo_logins(settings: Settings) -> Settings:
-    """Every configured agent gets ``DEMO_PASSWORD``: the demo's page is for trying, not guarding."""
+    """Every configured agent gets ``DEMO_PASSWORD``, and the API ``DEMO_API_TOKEN`` unless the
+    settings name tokens: the demo is for trying, not guarding."""
     password_hash = hash_password(DEMO_PASSWORD)
     agents = tuple(dataclasses.replace(a, password_hash=password_hash) for a in settings.agents)
-    return dataclasses.replace(settings, agents=agents)
+    http = settings.http
+    if not http.api_tokens:
+        http = dataclasses.replace(http, api_tokens=(DEMO_API_TOKEN,))
+    return dataclasses.replace(settings, agents=agents, http=http)
 
 
 def login_lines(agents: Sequence[AgentSettings]) -> list[str]:

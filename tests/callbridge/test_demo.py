@@ -59,11 +59,19 @@ async def test_demo_prints_the_page_and_logins_and_pops_jane_doe_at_alice(tmp_pa
                 assert lines[-1], "the demo ended early:\n" + "".join(lines)
             while len(lines) < 20 and "password" not in lines[-1]:
                 lines.append((await demo.stdout.readline()).decode())
+        while len(lines) < 40 and "curl" not in lines[-1]:
+            lines.append((await demo.stdout.readline()).decode())
         page = next(m.group(1) for line in lines if (m := re.search(r"agent page (http://\S+/agent/)", line)))
         assert "200 generated" in "".join(lines)
         assert re.search(rf"agent1\s+Alice\s+password: {DEMO_PASSWORD}", "".join(lines))
         origin = page.removesuffix("/agent/")
+        token = re.search(r"Bearer (\S+)'", "".join(lines))
+        assert token is not None
         async with aiohttp.ClientSession(origin, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(
+                "/api/customers?phone=4155550123", headers={"Authorization": f"Bearer {token.group(1)}"}
+            ) as r:
+                assert r.status == 200 and "Jane Doe" in await r.text()
             async with http.post("/agent/login", json={"agent_id": "agent1", "password": DEMO_PASSWORD}) as r:
                 assert r.status == 200, await r.text()
             async with http.ws_connect("/agent/ws", headers={"Origin": origin}) as ws:
