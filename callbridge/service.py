@@ -122,6 +122,7 @@ class Service:
         self.allowed_origins.update(
             f"http://{host}:{self.http_port}" for host in {http.host, "127.0.0.1", "localhost"}
         )
+        self.allowed_origins.update(http.public_origins)
         self._runner = aiohttp_web.AppRunner(make_app(self), access_log=None)
         await self._runner.setup()
         await aiohttp_web.SockSite(self._runner, sock).start()

@@ -43,7 +43,13 @@ DEFAULTS: dict[str, Any] = {
     "agents": [],
     "queues": [],
     "customers": {"database": "var/customers.db", "default_region": "US", "segments": "config/segments.yaml"},
-    "http": {"host": "127.0.0.1", "port": 8080, "api_tokens": []},
+    "http": {
+        "host": "127.0.0.1",
+        "port": 8080,
+        "api_tokens": [],
+        "public_origins": [],
+        "secure_cookie": False,
+    },
     "log": {"level": "INFO", "format": "text"},
     "demo": {"speed": 1.0, "loop": True, "scenarios": []},
     "screenpop": {
@@ -153,6 +159,11 @@ SCHEMA: dict[str, Any] = {
                         },
                     },
                 },
+                "public_origins": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": "^https?://[^/\\s]+$"},
+                },
+                "secure_cookie": {"type": "boolean"},
             },
         },
         "log": {
@@ -292,6 +303,11 @@ class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     api_tokens: tuple[ApiToken, ...] = ()
+    public_origins: tuple[str, ...] = ()
+    """Where agents reach the page when that is not ``http://host:port`` (a reverse proxy:
+    ``https://cti.example.com``): the agent WebSocket and the page's POSTs accept these Origins."""
+    secure_cookie: bool = False
+    """Mark the agent session cookie ``Secure``: set it when agents reach the page over HTTPS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +459,8 @@ def load_settings(
             api_tokens=tuple(
                 ApiToken(t["name"], t["token"], t.get("role", "write")) for t in data["http"]["api_tokens"]
             ),
+            public_origins=tuple(data["http"]["public_origins"]),
+            secure_cookie=bool(data["http"]["secure_cookie"]),
         ),
         log_level=data["log"]["level"],
         log_format=data["log"]["format"],

@@ -33,7 +33,12 @@ def make_app(service: Service) -> web.Application:
             api, AgentAdmin(service.agents, service.model, service.sessions, service.bus.publish)
         )
         app.add_subapp("/api/", api)
-    agent_app = hub_routes(service.hub, service.sessions, allowed_origins=service.allowed_origins)
+    agent_app = hub_routes(
+        service.hub,
+        service.sessions,
+        allowed_origins=service.allowed_origins,
+        secure_cookie=service.settings.http.secure_cookie,
+    )
     if service.store is not None and service.wrapup is not None and service.pops is not None:
         screenpop = service.settings.screenpop
         webhooks = service.webhooks

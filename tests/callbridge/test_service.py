@@ -160,3 +160,50 @@ async def test_a_start_that_fails_stops_what_it_started(tmp_path: Path) -> None:
         assert not [t for t in set(threading.enumerate()) - before if t.is_alive() and not t.daemon]
     finally:
         taken.close()
+
+
+async def test_behind_a_proxy_the_public_origin_is_accepted_and_the_cookie_is_secure(tmp_path: Path) -> None:
+    """``http.public_origins`` and ``http.secure_cookie``: what agents reach through a TLS proxy."""
+    import aiohttp
+
+    from screenpop import hash_password
+
+    base = load_settings(
+        ROOT / "config" / "callbridge.yaml",
+        environ={
+            "CALLBRIDGE_HTTP_PUBLIC_ORIGINS": "https://cti.example.com",
+            "CALLBRIDGE_HTTP_SECURE_COOKIE": "true",
+        },
+    )
+    assert base.http.public_origins == ("https://cti.example.com",) and base.http.secure_cookie
+    agents = tuple(
+        dataclasses.replace(a, password_hash=hash_password("pw-alice-1", n=2**10)) for a in base.agents[:1]
+    )
+    settings = dataclasses.replace(
+        base,
+        agents=agents,
+        agents_file="",
+        ami=dataclasses.replace(base.ami, port=1, backoff_initial=30),
+        customers=dataclasses.replace(base.customers, database=str(tmp_path / "customers.db")),
+        http=dataclasses.replace(base.http, port=0),
+    )
+    async with Service(settings) as service:
+        origin = f"http://127.0.0.1:{service.http_port}"
+        async with aiohttp.ClientSession(origin, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.post(
+                "/agent/login",
+                json={"agent_id": "agent1", "password": "pw-alice-1"},
+                headers={"Origin": "https://cti.example.com"},
+            ) as r:
+                assert r.status == 200
+                assert "Secure" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
+                token = r.cookies["callbridge_agent"].value
+            cookie = {"Cookie": f"callbridge_agent={token}"}
+            async with http.ws_connect(
+                "/agent/ws", headers={"Origin": "https://cti.example.com", **cookie}
+            ) as ws:
+                await ws.send_json({"type": "hello", "last_seq": None, "epoch": None})
+                assert (await ws.receive_json())["type"] == "welcome"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect("/agent/ws", headers={"Origin": "https://evil.example", **cookie})
+            assert refused.value.status == 403
