@@ -860,6 +860,16 @@ async def run_callbridge(
                 measured = [c for c in tally.sent.values() if c.measured]
                 await wait_acked(tally, [c.call_id for c in measured], args.drain)
                 await asyncio.sleep(0.5)
+                async with http.get("/healthz") as response:
+                    pops = (await response.json()).get("pops")
+                if pops:
+                    # The hub's own clock: from the tracker seeing the ring to the ack, over the
+                    # last samples it keeps (warm-up included); the rest of the bench's figure is
+                    # the AMI write, read, codec, model and bus before it.
+                    print(
+                        f"  service's own view (/healthz, tracker -> ack): p50 {pops['p50_ms']} ms"
+                        f"  p99 {pops['p99_ms']} ms  max {pops['max_ms']} ms  over {pops['acked']:,} acks"
+                    )
                 await gather_limited([p.close() for p in pages])
             sizes = {n: tally.sizes.get(call_id, {}) for n, call_id in call_ids.items()}
         finally:

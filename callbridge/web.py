@@ -76,5 +76,23 @@ async def healthz(request: web.Request) -> web.Response:
         },
         "calls": len(service.model.live_calls()),
         "customers": service.store is not None,
+        "pops": _pop_latency(service),
     }
     return web.json_response(body, status=200 if client.connected else 503)
+
+
+def _pop_latency(service: Service) -> dict[str, float | int | None]:
+    """Pops delivered, from the tracker seeing the ring to the page's ack (the recent samples)."""
+    stats = service.hub.latency()
+
+    def ms(value: float | None) -> float | None:
+        return round(value * 1000, 2) if value is not None else None
+
+    return {
+        "acked": stats.count,
+        "p50_ms": ms(stats.p50),
+        "p99_ms": ms(stats.p99),
+        "max_ms": ms(stats.max),
+        "unacked": stats.unacked,
+        "retracted_unacked": stats.retracted_unacked,
+    }

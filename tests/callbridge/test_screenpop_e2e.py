@@ -83,6 +83,9 @@ async def test_queue_call_pops_at_alice_only_with_jane_does_profile(tmp_path: Pa
                     await sockets["agent2"].receive(timeout=0.3)
                 assert service.hub.live("agent2") == [] and service.hub.live("agent1") == []
                 assert service.hub.latency().count == 1
+                async with sessions[0].get("/healthz") as response:
+                    pops = (await response.json())["pops"]
+                assert pops["acked"] == 1 and pops["unacked"] == 0 and 0 < pops["p50_ms"] < 5000
             finally:
                 for ws in sockets.values():
                     await ws.close()
