@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from callbridge.bus import DEFAULT_QUEUE_SIZE, Bus, Lagged, Subscription
-from cti.model import CallChanged, CallModel
+from cti.model import Call, CallChanged, CallModel, CallState
 from customers.store import CustomerStore
 from screenpop import (
     PopAssembler,
@@ -38,6 +38,8 @@ from screenpop import (
 )
 
 log = logging.getLogger(__name__)
+
+_BEFORE_A_RING = frozenset({CallState.QUEUED, CallState.IVR})
 
 _YIELD_EVERY = 32
 """Changes the pipeline takes in a row without a turn of the event loop when none starts a
@@ -76,6 +78,8 @@ class PopPipeline:
         self._pops_of_call: dict[str, set[str]] = {}
         """Live pop ids per call id, from the commands: the calls a resync must look at."""
         self._call_of_pop: dict[str, str] = {}
+        self._prefetched: set[str] = set()
+        """Live calls whose caller was looked up early."""
 
     async def start(self) -> None:
         subscription = self._bus.subscribe(CallChanged, maxsize=self._queue_size, name="screen-pops")
@@ -148,6 +152,22 @@ class PopPipeline:
             except Exception:
                 log.exception("call %s: the wrap-up desk missed a change", event.call.id)
         return len(commands)
+
+    def _prefetch(self, call: Call) -> None:
+        """An inbound caller in a queue or an IVR is about to ring an agent: look them up now
+        (``PopAssembler.prefetch``), so the ring's pop does not wait for the store."""
+        if call.state is CallState.ENDED:
+            self._prefetched.discard(call.id)
+        elif (
+            call.state in _BEFORE_A_RING
+            and call.direction == "inbound"
+            and call.caller_num
+            and call.id not in self._prefetched
+        ):
+            if len(self._prefetched) > 10_000:  # ends the bus dropped: forget rather than grow
+                self._prefetched.clear()
+            self._prefetched.add(call.id)
+            self.assembler.prefetch(call.caller_num)
 
     def _count(self, command: PopCommand) -> None:
         if isinstance(command, ShowPop):

@@ -32,12 +32,20 @@ Rule 4 (failure). A store failure never loses the pop: the payload keeps the cal
         call and the pop. ``match`` is ``null`` when the lookup itself failed, and what the
         lookup found when only the profile read failed (the candidates stay). No ``actions``
         then: offering to create a customer who may exist makes duplicates.
+Rule 5 (early lookup). ``prefetch(number)`` starts the lookup and the profile read of an
+        inbound caller before any agent rings (the pipeline calls it when the call enters a
+        queue or an IVR): the first pop of that number within ``prefetch_age`` seconds takes
+        the answer instead of asking the store on the ring's critical path. Each answer serves
+        one pop (a later pop of the number asks again), so what a pop shows is at most as old
+        as the wait in the queue; an early lookup that failed is asked again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -77,7 +85,15 @@ def payload_json(payload: Mapping[str, Any]) -> str:
 class PopAssembler:
     """Builds the payload of each ``ShowPop`` from the call facts and the customer store."""
 
-    def __init__(self, store: CustomerStore, *, per_channel: int = 3, max_candidates: int = 5) -> None:
+    def __init__(
+        self,
+        store: CustomerStore,
+        *,
+        per_channel: int = 3,
+        max_candidates: int = 5,
+        prefetch_age: float = 60.0,
+        max_prefetched: int = 10_000,
+    ) -> None:
         if per_channel < 1:
             raise ValueError(f"per_channel: expected at least 1, got {per_channel}")
         if max_candidates < 1:
@@ -85,6 +101,49 @@ class PopAssembler:
         self.store = store
         self.per_channel = per_channel
         self.max_candidates = max_candidates
+        self.prefetch_age = prefetch_age
+        self.max_prefetched = max_prefetched
+        self._early: dict[str, tuple[float, asyncio.Task[tuple[list[Candidate], Profile | None]]]] = {}
+        """Rule 5: number -> (when, the lookup and profile read started for it)."""
+
+    def prefetch(self, number: str) -> None:
+        """Rule 5: look ``number`` up now, for the pop that will follow."""
+        if not number or is_anonymous(number) or number in self._early:
+            return
+        now = time.monotonic()
+        if len(self._early) >= self.max_prefetched:
+            self._forget_old(now)
+            if len(self._early) >= self.max_prefetched:
+                return
+        task = asyncio.create_task(self._lookup_and_profile(number), name=f"pop-prefetch-{number}")
+        task.add_done_callback(_retrieve)
+        self._early[number] = (now, task)
+
+    def _forget_old(self, now: float) -> None:
+        for number, (started, task) in list(self._early.items()):
+            if now - started > self.prefetch_age:
+                task.cancel()
+                del self._early[number]
+
+    async def _lookup_and_profile(self, number: str) -> tuple[list[Candidate], Profile | None]:
+        candidates = await self.store.lookup_phone(number)
+        profile = None
+        if _match(candidates) in ("unique", "ranked"):
+            profile = await self.store.profile(candidates[0].customer.id, per_channel=self.per_channel)
+        return candidates, profile
+
+    async def _early_answer(self, number: str) -> tuple[list[Candidate], Profile | None] | None:
+        early = self._early.pop(number, None)
+        if early is None:
+            return None
+        started, task = early
+        if time.monotonic() - started > self.prefetch_age:
+            task.cancel()
+            return None
+        try:
+            return await task
+        except Exception:
+            return None
 
     async def assemble(self, show: ShowPop) -> dict[str, Any]:
         """The pop payload for ``show`` (see the module's rules)."""
@@ -104,6 +163,9 @@ class PopAssembler:
         outbound = facts.get("direction") == "outbound"
         lead = _text(facts.get("customer_id")) if outbound else None
         number = _text(facts.get("remote_num") if outbound else facts.get("caller_num"))
+        early = await self._early_answer(number) if number is not None and lead is None else None
+        if early is not None:
+            return self._fill(payload, facts, early[0], early[1])
         try:
             candidates = await self._candidates(payload, lead, number)
         except Exception as exc:
@@ -128,6 +190,25 @@ class PopAssembler:
             _failed(payload, show, "profile", exc)
             return payload
         payload["customer"] = _profile(profile)
+        return payload
+
+    def _fill(
+        self,
+        payload: dict[str, Any],
+        facts: Mapping[str, Any],
+        candidates: list[Candidate],
+        profile: Profile | None,
+    ) -> dict[str, Any]:
+        """The payload from an early answer (Rule 5): what ``assemble`` builds from the store."""
+        payload["lookup"] = {"by": "phone", "value": _text(facts.get("caller_num"))}
+        payload["candidates"] = [_candidate(c) for c in candidates[: self.max_candidates]]
+        payload["candidates_total"] = len(candidates)
+        match = _match(candidates)
+        payload["match"] = match
+        if match == "unknown":
+            payload["actions"] = _actions(payload["lookup"], _caller_name(facts))
+        elif profile is not None:
+            payload["customer"] = _profile(profile)
         return payload
 
     async def _candidates(
@@ -155,6 +236,12 @@ class PopAssembler:
             # Not a phone number (an internal extension, a SIP user name): nobody to find by it.
             payload["lookup"]["valid"] = False
             return []
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """An early lookup nobody awaited: its failure is not worth a warning (the pop asks again)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _failed(payload: dict[str, Any], show: ShowPop, step: str, exc: Exception) -> None:

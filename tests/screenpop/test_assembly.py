@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -314,3 +315,40 @@ def test_bad_limits_are_refused(tmp_path: Path) -> None:
         PopAssembler(SQLiteStore(tmp_path / "x.db"), per_channel=0)
     with pytest.raises(ValueError, match="max_candidates"):
         PopAssembler(SQLiteStore(tmp_path / "x.db"), max_candidates=0)
+
+
+# --- Rule 5: the caller looked up before the ring -----------------------------------------------------
+
+
+async def test_an_early_lookup_makes_the_same_pop_once_then_the_store_is_asked_again(
+    store: SQLiteStore,
+) -> None:
+    jane = await add_jane(store)
+    show = first_show("queue_answered")
+    fresh = await PopAssembler(store, per_channel=3).assemble(show)
+    assembler = PopAssembler(store, per_channel=3)
+    assembler.prefetch(JANE)
+    await asyncio.sleep(0.05)
+    # A note written after the early lookup: the pop that takes the early answer does not show
+    # it (what a pop shows is at most as old as the wait in the queue) ...
+    await store.add_note(jane, "agent:eve", "Called back about the refund.")
+    early = await assembler.assemble(show)
+    assert early == fresh
+    # ... and the next pop of the number asks the store again.
+    again = await assembler.assemble(show)
+    assert "Called back about the refund." in [n["text"] for n in again["customer"]["notes"]]
+    assert "Called back about the refund." not in [n["text"] for n in early["customer"]["notes"]]
+
+
+async def test_an_early_lookup_of_an_unknown_or_stale_number_is_no_different(store: SQLiteStore) -> None:
+    show = first_show("queue_answered")
+    fresh = await PopAssembler(store).assemble(show)
+    assembler = PopAssembler(store)
+    assembler.prefetch(JANE)
+    assert await assembler.assemble(show) == fresh
+    assert fresh["match"] == "unknown" and fresh["actions"]
+    stale = PopAssembler(store, prefetch_age=0.0)
+    stale.prefetch(JANE)
+    await store.create_customer("Jane Doe", identities=[("phone", JANE)])
+    await asyncio.sleep(0.01)
+    assert (await stale.assemble(show))["match"] == "unique"
