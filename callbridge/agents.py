@@ -15,15 +15,17 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from callbridge.settings import AgentSettings
 from screenpop.actions import AgentProfile
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 
@@ -145,17 +147,19 @@ def _read(path: Path) -> tuple[dict[str, AgentSettings], set[str]]:
     return changed, set(removed)
 
 
-class AgentProfiles(Mapping[str, AgentProfile]):
-    """The agent page's view of the directory (name, click-to-dial device), always current."""
+class AgentView(Mapping[str, T]):
+    """A read-only, always current view of the directory: agent id -> ``project(agent)`` (the
+    page's ``AgentProfile``, the name the wrap-up writes)."""
 
-    def __init__(self, directory: AgentDirectory) -> None:
+    def __init__(self, directory: AgentDirectory, project: Callable[[AgentSettings], T]) -> None:
         self._directory = directory
+        self._project = project
 
-    def __getitem__(self, agent_id: str) -> AgentProfile:
+    def __getitem__(self, agent_id: str) -> T:
         agent = self._directory.get(agent_id)
         if agent is None:
             raise KeyError(agent_id)
-        return AgentProfile(agent.id, agent.name, agent.device)
+        return self._project(agent)
 
     def __iter__(self) -> Iterator[str]:
         return iter([agent.id for agent in self._directory.all()])
@@ -164,20 +168,9 @@ class AgentProfiles(Mapping[str, AgentProfile]):
         return len(self._directory.all())
 
 
-class AgentNames(Mapping[str, str]):
-    """Agent id -> name, always current (what the wrap-up writes on the timeline)."""
+def agent_profiles(directory: AgentDirectory) -> AgentView[AgentProfile]:
+    return AgentView(directory, lambda agent: AgentProfile(agent.id, agent.name, agent.device))
 
-    def __init__(self, directory: AgentDirectory) -> None:
-        self._directory = directory
 
-    def __getitem__(self, agent_id: str) -> str:
-        agent = self._directory.get(agent_id)
-        if agent is None:
-            raise KeyError(agent_id)
-        return agent.name
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([agent.id for agent in self._directory.all()])
-
-    def __len__(self) -> int:
-        return len(self._directory.all())
+def agent_names(directory: AgentDirectory) -> AgentView[str]:
+    return AgentView(directory, lambda agent: agent.name)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web as aiohttp_web
 
-from callbridge.agents import AgentDirectory, AgentNames
+from callbridge.agents import AgentDirectory, agent_names
 from callbridge.bus import Bus, Lagged, Subscription
 from callbridge.console import format_change
 from callbridge.pops import PopPipeline
@@ -104,7 +104,7 @@ class Service:
             self.store,
             self.client.send_action,
             self.model,
-            agent_names=AgentNames(self.agents),
+            agent_names=agent_names(self.agents),
             on_outcome=lambda outcome: webhooks.publish("wrapup", outcome),
         )
         await self.wrapup.start()

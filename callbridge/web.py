@@ -12,7 +12,7 @@ from typing import Final
 
 from aiohttp import web
 
-from callbridge.agents import AgentProfiles
+from callbridge.agents import agent_profiles
 from callbridge.agents_api import AgentAdmin, add_agent_routes
 from callbridge.pops import webhook_event
 from callbridge.service import Service
@@ -45,7 +45,7 @@ def make_app(service: Service) -> web.Application:
         add_action_routes(
             agent_app,
             AgentActions(
-                agents=AgentProfiles(service.agents),
+                agents=agent_profiles(service.agents),
                 dispositions=screenpop.dispositions,
                 wrapup=service.wrapup,
                 store=service.store,

@@ -19,10 +19,11 @@ from customers.identities import is_anonymous, normalise_phone
 from customers.model import Customer, IdentityKind
 from customers.store import Conflict, CustomerError, CustomerStore, InvalidInput, NotFound
 from screenpop.assembly import PopAssembler
-from screenpop.dial import ClickToDial, DialError
+from screenpop.dial import ClickToDial
 from screenpop.hub import PopHub, require_agent
+from screenpop.refusal import Refusal
 from screenpop.tracker import ShowPop, UpdatePop, UpdateReason
-from screenpop.wrapup import DispositionConfig, WrapupError, WrapupService
+from screenpop.wrapup import DispositionConfig, WrapupService
 
 __all__ = ["AgentActions", "AgentProfile", "add_action_routes"]
 
@@ -42,13 +43,8 @@ class AgentProfile:
     """The channel click-to-dial rings first; empty: the agent cannot dial from the page."""
 
 
-class ActionError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
+class ActionError(Refusal):
+    """A request the page sent wrong."""
 
 
 @dataclass(slots=True)
@@ -90,7 +86,7 @@ def _errors(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except (ActionError, WrapupError, DialError) as exc:
+        except Refusal as exc:
             return error_response(exc.status, exc.code, exc.message, exc.field)
         except NotFound as exc:
             return error_response(404, exc.code, str(exc), getattr(exc, "field", None))

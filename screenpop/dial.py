@@ -32,6 +32,7 @@ from cti.ami.client import NotConnected
 from cti.ami.codec import AMIError
 from customers.identities import normalise_phone
 from customers.store import CustomerStore, InvalidInput
+from screenpop.refusal import Refusal
 
 __all__ = ["AGENT_VARIABLE", "ClickToDial", "DialConfig", "DialError", "DialRequest", "originate_fields"]
 
@@ -51,15 +52,8 @@ class DialConfig(Protocol):
     def timeout(self) -> float: ...
 
 
-class DialError(Exception):
-    """A dial refused: ``status``, a stable kebab-case ``code``, the body ``field``."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
+class DialError(Refusal):
+    """A dial refused."""
 
 
 @dataclass(frozen=True, slots=True)

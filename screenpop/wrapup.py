@@ -49,6 +49,7 @@ from typing import Any, Final, Protocol
 from cti.ami.codec import AMIError
 from cti.model import Agent, Call, CallModel, CallState
 from customers.store import CustomerStore, NotFound
+from screenpop.refusal import Refusal
 from screenpop.tracker import PopCommand, RetractPop, ShowPop, UpdatePop
 
 __all__ = [
@@ -78,15 +79,8 @@ class DispositionConfig(Protocol):
     def notes_required(self) -> bool: ...
 
 
-class WrapupError(Exception):
-    """A submit refused: ``status``, a stable kebab-case ``code``, and the body ``field``."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
+class WrapupError(Refusal):
+    """A submit refused."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,20 @@ async def log_in(page: Page, origin: str, agent_id: str, unit: float) -> None:
     await page.wait_for_selector("body.desk[data-conn=live]", timeout=10_000 * unit)
 
 
+@asynccontextmanager
+async def alice_desk(browser: Browser, origin: str, unit: float) -> AsyncIterator[Page]:
+    """Alice's desk in a fresh browser context; on leaving, the page must have had no dialog,
+    script error or console error (CSP refusals included)."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    watch = Watch()
+    watch.attach(page)
+    await log_in(page, origin, "agent1", unit)
+    yield page
+    await context.close()
+    assert watch.problems == []
+
+
 def screenshot_path(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
@@ -281,61 +295,54 @@ async def test_markup_in_a_customer_is_text_and_an_unanswered_retract_greys_then
 
     async with service_with_pbx(tmp_path, mallory) as (service, _pbx, origin):
         assert service.store is not None
-        context = await browser.new_context()
-        page = await context.new_page()
-        watch = Watch()
-        watch.attach(page)
-        await log_in(page, origin, "agent1", unit)
+        async with alice_desk(browser, origin, unit) as page:
+            facts: dict[str, Any] = {
+                "state": "ringing",
+                "direction": "inbound",
+                "caller_num": "+14155550199",
+                "caller_name": MARKUP,
+                "queue": "support",
+                "wait_time": 12.0,
+                "ringing_since": time.time(),
+                "ivr": {"context": "ivr-main", "exten": "s", "application": "Read", "script": "main"},
+            }
+            show = ShowPop("x1:agent1:1", "agent1", "x1", facts)
+            payload = await PopAssembler(service.store).assemble(show)
+            assert payload["match"] == "unique"
+            await service.hub.publish(show, payload, t0=time.time())
+            card = page.locator("article.pop")
+            await card.wait_for(timeout=10_000 * unit)
+            assert await card.locator("h2.caller").inner_text() == MARKUP
+            assert await card.locator(".note-text").inner_text() == f"note {MARKUP}"
+            assert "main" in await card.locator(".ivr").inner_text()
+            assert await page.locator("#pops img").count() == 0
+            assert await card.locator(".dnc").inner_text() == "Do not call (customer): asked twice"
+            assert await card.locator(".consent").inner_text() == "No consent: sms"
+            assert await card.locator(".segment").all_inner_texts() == ["vip"]
+            assert "87 (orders often)" in await card.locator("dl.profile").inner_text()
+            assert await card.locator(".channel-email .summary").inner_text() == f"re: {MARKUP}"
+            await eventually(lambda: service.hub.latency().count == 1, 5 * unit, "the ack at the hub")
+            await page.screenshot(path=screenshot_path("agent-page-markup.png"), full_page=True)
 
-        facts: dict[str, Any] = {
-            "state": "ringing",
-            "direction": "inbound",
-            "caller_num": "+14155550199",
-            "caller_name": MARKUP,
-            "queue": "support",
-            "wait_time": 12.0,
-            "ringing_since": time.time(),
-            "ivr": {"context": "ivr-main", "exten": "s", "application": "Read", "script": "main"},
-        }
-        show = ShowPop("x1:agent1:1", "agent1", "x1", facts)
-        payload = await PopAssembler(service.store).assemble(show)
-        assert payload["match"] == "unique"
-        await service.hub.publish(show, payload, t0=time.time())
-        card = page.locator("article.pop")
-        await card.wait_for(timeout=10_000 * unit)
-        assert await card.locator("h2.caller").inner_text() == MARKUP
-        assert await card.locator(".note-text").inner_text() == f"note {MARKUP}"
-        assert "main" in await card.locator(".ivr").inner_text()
-        assert await page.locator("#pops img").count() == 0
-        assert await card.locator(".dnc").inner_text() == "Do not call (customer): asked twice"
-        assert await card.locator(".consent").inner_text() == "No consent: sms"
-        assert await card.locator(".segment").all_inner_texts() == ["vip"]
-        assert "87 (orders often)" in await card.locator("dl.profile").inner_text()
-        assert await card.locator(".channel-email .summary").inner_text() == f"re: {MARKUP}"
-        await eventually(lambda: service.hub.latency().count == 1, 5 * unit, "the ack at the hub")
-        await page.screenshot(path=screenshot_path("agent-page-markup.png"), full_page=True)
+            # Two customers share a number: the agent picks the caller.
+            shared = ShowPop("x2:agent1:1", "agent1", "x2", facts | {"caller_num": "+14155550177"})
+            shared_payload = await PopAssembler(service.store).assemble(shared)
+            assert shared_payload["match"] == "ambiguous"
+            await service.hub.publish(shared, shared_payload, t0=time.time())
+            ambiguous = page.locator('article.pop[data-pop-id="x2:agent1:1"]')
+            await ambiguous.wait_for(timeout=10_000 * unit)
+            assert await ambiguous.locator(".candidate-name").all_inner_texts() == ["Ann One", "Ann Two"]
+            await ambiguous.locator(".candidate", has_text="Ann Two").locator("button.pick").click()
+            assert await ambiguous.locator(".candidate.chosen .candidate-name").inner_text() == "Ann Two"
+            await service.hub.publish(RetractPop(shared.pop_id, "agent1", RetractReason.ANSWERED_ELSEWHERE))
+            await ambiguous.and_(page.locator(".phase-gone")).wait_for(timeout=5_000 * unit)
 
-        # Two customers share a number: the agent picks the caller.
-        shared = ShowPop("x2:agent1:1", "agent1", "x2", facts | {"caller_num": "+14155550177"})
-        shared_payload = await PopAssembler(service.store).assemble(shared)
-        assert shared_payload["match"] == "ambiguous"
-        await service.hub.publish(shared, shared_payload, t0=time.time())
-        ambiguous = page.locator('article.pop[data-pop-id="x2:agent1:1"]')
-        await ambiguous.wait_for(timeout=10_000 * unit)
-        assert await ambiguous.locator(".candidate-name").all_inner_texts() == ["Ann One", "Ann Two"]
-        await ambiguous.locator(".candidate", has_text="Ann Two").locator("button.pick").click()
-        assert await ambiguous.locator(".candidate.chosen .candidate-name").inner_text() == "Ann Two"
-        await service.hub.publish(RetractPop(shared.pop_id, "agent1", RetractReason.ANSWERED_ELSEWHERE))
-        await ambiguous.and_(page.locator(".phase-gone")).wait_for(timeout=5_000 * unit)
-
-        card = page.locator('article.pop[data-pop-id="x1:agent1:1"]')
-        await service.hub.publish(RetractPop(show.pop_id, "agent1", RetractReason.CALLER_HUNG_UP))
-        await page.wait_for_selector("article.pop.phase-gone", timeout=5_000 * unit)
-        assert await card.locator(".reason").inner_text() == "the caller hung up"
-        await card.wait_for(state="detached", timeout=10_000 * unit)
-        assert await page.locator("article.pop").count() == 0
-        await context.close()
-        assert watch.problems == []
+            card = page.locator('article.pop[data-pop-id="x1:agent1:1"]')
+            await service.hub.publish(RetractPop(show.pop_id, "agent1", RetractReason.CALLER_HUNG_UP))
+            await page.wait_for_selector("article.pop.phase-gone", timeout=5_000 * unit)
+            assert await card.locator(".reason").inner_text() == "the caller hung up"
+            await card.wait_for(state="detached", timeout=10_000 * unit)
+            assert await page.locator("article.pop").count() == 0
 
 
 async def test_an_unknown_callers_card_creates_the_customer_and_shows_the_profile(
@@ -346,44 +353,43 @@ async def test_an_unknown_callers_card_creates_the_customer_and_shows_the_profil
 
     async with service_with_pbx(tmp_path, empty) as (service, pbx, origin):
         assert service.store is not None
-        context = await browser.new_context()
-        page = await context.new_page()
-        watch = Watch()
-        watch.attach(page)
-        await log_in(page, origin, "agent1", unit)
-        pbx.resume_replay()
-        pbx.pause_replay(at=3.0)
-        card = page.locator("article.pop[data-state=answered]")
-        await card.wait_for(timeout=10_000 * unit)
-        assert await card.locator(".match").inner_text() == "Unknown caller: no customer has this number."
-        assert await card.locator("form.link-customer").count() == 1
-        create = card.locator("form.create-customer")
-        await create.locator("input[name=display_name]").fill(MARKUP)
-        await create.locator("input[name=email]").fill("jane@example.com")
-        await create.locator("button[type=submit]").click()
-        await card.locator(".customer").wait_for(timeout=10_000 * unit)
-        assert await card.locator("h2.caller").inner_text() == MARKUP
-        assert await card.locator("form.create-customer").count() == 0
-        created = await service.store.lookup_phone("+14155550123")
-        assert [c.customer.display_name for c in created] == [MARKUP]
-        customer_id = await card.locator(".customer").get_attribute("data-customer-id")
-        assert customer_id == created[0].customer.id
-        await page.screenshot(path=screenshot_path("agent-page-created.png"), full_page=True)
+        async with alice_desk(browser, origin, unit) as page:
+            pbx.resume_replay()
+            pbx.pause_replay(at=3.0)
+            card = page.locator("article.pop[data-state=answered]")
+            await card.wait_for(timeout=10_000 * unit)
+            assert await card.locator(".match").inner_text() == "Unknown caller: no customer has this number."
+            assert await card.locator("form.link-customer").count() == 1
+            create = card.locator("form.create-customer")
+            await create.locator("input[name=display_name]").fill(MARKUP)
+            await create.locator("input[name=email]").fill("jane@example.com")
+            await create.locator("button[type=submit]").click()
+            await card.locator(".customer").wait_for(timeout=10_000 * unit)
+            assert await card.locator("h2.caller").inner_text() == MARKUP
+            assert await card.locator("form.create-customer").count() == 0
+            created = await service.store.lookup_phone("+14155550123")
+            assert [c.customer.display_name for c in created] == [MARKUP]
+            customer_id = await card.locator(".customer").get_attribute("data-customer-id")
+            assert customer_id == created[0].customer.id
+            await page.screenshot(path=screenshot_path("agent-page-created.png"), full_page=True)
 
-        # Click-to-dial from the card: the service asks the PBX to ring Alice's phone first.
-        await card.locator("button.dial-number").click()
-        status = card.locator(".identity-phone .dial-status")
-        await eventually(lambda: pbx.actions_named("Originate") != [], 10 * unit, "the Originate at the PBX")
-        await page.wait_for_function(
-            "s => document.querySelector(s).textContent.startsWith('calling')",
-            arg="article.pop .identity-phone .dial-status",
-            timeout=5_000 * unit,
-        )
-        assert await status.inner_text() == "calling +14155550123: your phone rings first"
-        originate = pbx.actions_named("Originate")[0]
-        assert (originate.get("Exten"), originate.get("Channel")) == ("+14155550123", "Local/agent1@agents/n")
-        await context.close()
-        assert watch.problems == []
+            # Click-to-dial from the card: the service asks the PBX to ring Alice's phone first.
+            await card.locator("button.dial-number").click()
+            status = card.locator(".identity-phone .dial-status")
+            await eventually(
+                lambda: pbx.actions_named("Originate") != [], 10 * unit, "the Originate at the PBX"
+            )
+            await page.wait_for_function(
+                "s => document.querySelector(s).textContent.startsWith('calling')",
+                arg="article.pop .identity-phone .dial-status",
+                timeout=5_000 * unit,
+            )
+            assert await status.inner_text() == "calling +14155550123: your phone rings first"
+            originate = pbx.actions_named("Originate")[0]
+            assert (originate.get("Exten"), originate.get("Channel")) == (
+                "+14155550123",
+                "Local/agent1@agents/n",
+            )
 
 
 async def test_an_unknown_callers_number_is_linked_to_a_customer_found_by_name(
@@ -397,27 +403,21 @@ async def test_an_unknown_callers_number_is_linked_to_a_customer_found_by_name(
 
     async with service_with_pbx(tmp_path, jane_without_phone) as (service, pbx, origin):
         assert service.store is not None
-        context = await browser.new_context()
-        page = await context.new_page()
-        watch = Watch()
-        watch.attach(page)
-        await log_in(page, origin, "agent1", unit)
-        pbx.resume_replay()
-        pbx.pause_replay(at=1.0)
-        card = page.locator("article.pop")
-        await card.locator("form.link-customer").wait_for(timeout=10_000 * unit)
-        link = card.locator("form.link-customer")
-        await link.locator("input[name=q]").fill("Jane")
-        await link.locator("button[type=submit]").click()
-        await link.locator(".link-results button").click()
-        await card.locator(f'.customer[data-customer-id="{jane_id}"]').wait_for(timeout=10_000 * unit)
-        assert await card.locator("h2.caller").inner_text() == "Jane Doe"
-        assert await card.locator(".linked").inner_text() == "Number linked to Jane Doe."
-        phones = await card.locator(".identity-phone .value").all_inner_texts()
-        assert phones == ["+14155550123"]
-        assert [c.customer.id for c in await service.store.lookup_phone("+14155550123")] == [jane_id]
-        await context.close()
-        assert watch.problems == []
+        async with alice_desk(browser, origin, unit) as page:
+            pbx.resume_replay()
+            pbx.pause_replay(at=1.0)
+            card = page.locator("article.pop")
+            await card.locator("form.link-customer").wait_for(timeout=10_000 * unit)
+            link = card.locator("form.link-customer")
+            await link.locator("input[name=q]").fill("Jane")
+            await link.locator("button[type=submit]").click()
+            await link.locator(".link-results button").click()
+            await card.locator(f'.customer[data-customer-id="{jane_id}"]').wait_for(timeout=10_000 * unit)
+            assert await card.locator("h2.caller").inner_text() == "Jane Doe"
+            assert await card.locator(".linked").inner_text() == "Number linked to Jane Doe."
+            phones = await card.locator(".identity-phone .value").all_inner_texts()
+            assert phones == ["+14155550123"]
+            assert [c.customer.id for c in await service.store.lookup_phone("+14155550123")] == [jane_id]
 
 
 async def test_an_outbound_pop_shows_the_campaign_lead_and_hold_updates_the_card(
@@ -426,12 +426,10 @@ async def test_an_outbound_pop_shows_the_campaign_lead_and_hold_updates_the_card
     async def lead(store: SQLiteStore) -> None:
         await store.create_customer("Olivia Lead", customer_id="C-100042")
 
-    async with service_with_pbx(tmp_path, lead, "originate_answered") as (_service, pbx, origin):
-        context = await browser.new_context()
-        page = await context.new_page()
-        watch = Watch()
-        watch.attach(page)
-        await log_in(page, origin, "agent1", unit)
+    async with (
+        service_with_pbx(tmp_path, lead, "originate_answered") as (_service, pbx, origin),
+        alice_desk(browser, origin, unit) as page,
+    ):
         pbx.resume_replay()
         pbx.pause_replay(at=4.0)
         card = page.locator("article.pop[data-state=ringing]")
@@ -439,20 +437,16 @@ async def test_an_outbound_pop_shows_the_campaign_lead_and_hold_updates_the_card
         assert await card.locator("h2.caller").inner_text() == "Olivia Lead"
         assert await card.locator(".campaign").inner_text() == "Campaign: renewals-q3 · lead C-100042"
         assert await card.locator(".call-direction").inner_text() == "outbound"
-        await context.close()
-        assert watch.problems == []
 
 
 async def test_hold_and_unhold_update_the_card(tmp_path: Path, browser: Browser, unit: float) -> None:
     async def nobody(store: SQLiteStore) -> None:
         return None
 
-    async with service_with_pbx(tmp_path, nobody, "hold_moh") as (_service, pbx, origin):
-        context = await browser.new_context()
-        page = await context.new_page()
-        watch = Watch()
-        watch.attach(page)
-        await log_in(page, origin, "agent1", unit)
+    async with (
+        service_with_pbx(tmp_path, nobody, "hold_moh") as (_service, pbx, origin),
+        alice_desk(browser, origin, unit) as page,
+    ):
         pbx.resume_replay()
         pbx.pause_replay(at=10.0)
         card = page.locator("article.pop")
@@ -464,8 +458,6 @@ async def test_hold_and_unhold_update_the_card(tmp_path: Path, browser: Browser,
         await page.locator("article.pop[data-state=answered]").wait_for(timeout=10_000 * unit)
         assert await card.locator(".reason").inner_text() == "back from hold"
         assert await card.count() == 1
-        await context.close()
-        assert watch.problems == []
 
 
 async def test_a_click_to_dial_card_says_dialing_until_the_customer_answers(
@@ -477,12 +469,10 @@ async def test_a_click_to_dial_card_says_dialing_until_the_customer_answers(
     async def jane(store: SQLiteStore) -> None:
         await store.create_customer("Jane Doe", identities=[("phone", "+14155550123")])
 
-    async with service_with_pbx(tmp_path, jane, "click_to_dial_answered") as (_service, pbx, origin):
-        context = await browser.new_context()
-        page = await context.new_page()
-        watch = Watch()
-        watch.attach(page)
-        await log_in(page, origin, "agent1", unit)
+    async with (
+        service_with_pbx(tmp_path, jane, "click_to_dial_answered") as (_service, pbx, origin),
+        alice_desk(browser, origin, unit) as page,
+    ):
         pbx.resume_replay()
         pbx.pause_replay(at=4.0)
         card = page.locator("article.pop")
@@ -493,5 +483,3 @@ async def test_a_click_to_dial_card_says_dialing_until_the_customer_answers(
         pbx.pause_replay(at=7.0)
         await page.locator("article.pop .badge-answered").wait_for(timeout=10_000 * unit)
         assert await card.locator(".badge").inner_text() == "on call"
-        await context.close()
-        assert watch.problems == []
