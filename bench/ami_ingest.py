@@ -546,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each reader (default 5)")
     parser.add_argument("--io", action="store_true", help="also loopback TCP runs of the real clients")
     parser.add_argument("--samples", type=int, default=300, help="latency samples with --io")
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        help="run only the readers whose label contains TEXT (e.g. 'model' under valgrind; 'none': none)",
+    )
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)  # panoramisk logs at DEBUG per message: keep it cheap for all
 
@@ -572,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         ("asterisk-ami 0.1.7 (recv 64 KiB)", make_run_asterisk_ami(65536)),
         ("asterisk-ami 0.1.7 (recv 1 KiB)", make_run_asterisk_ami(1024)),
     ]
+    if args.only is not None:
+        readers = [(label, run) for label, run in readers if args.only in label]
     results: dict[str, Result] = {}
     for label, run in readers:
         result = measure(label, run, work, args.runs)
@@ -582,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if model_class is None:
         print(f"  {'codec + model.apply':<34} model: {model_note}")
+    if args.only is not None:
+        return 0
 
     codec = results["codec (receive_data+events)"].rate(work.messages)
     full = results["codec + to_dict() of every msg"].rate(work.messages)
