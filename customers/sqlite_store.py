@@ -7,12 +7,15 @@ How it runs:
    statements inside one explicit transaction (``BEGIN IMMEDIATE`` to write, ``BEGIN`` to read
    several tables at one snapshot). Jobs run one after the other, so two tasks can never interleave
    statements inside each other's transactions, a failing job rolls back everything it wrote, and
-   a screen-pop costs one thread hop instead of one per statement. The exception is the caller
-   lookup (``lookup_phone``, the hot path of every ringing call): one read statement, run on a
-   second, read-only connection in the caller's thread, without the hop (two thread wake-ups,
-   most of its tail latency on a busy host). WAL readers never wait for the writer and see
-   everything committed before the statement starts. In-memory databases have no second
-   connection and use the first.
+   a screen-pop costs one thread hop instead of one per statement. The exceptions are the two
+   reads of every ringing call, the caller lookup (``lookup_phone``) and the pop's ``profile``:
+   they run on a second, read-only connection in the caller's thread, without the hop. On a busy
+   host the hop was most of their latency: the worker thread gives the GIL back at every
+   ``sqlite3_step`` and waits up to the switch interval (5 ms) to get it again while the event
+   loop parses AMI, and their Python work competed with the loop's for the same GIL anyway
+   (measured in the screen-pop bench: ~0.5 ms of loop time per pop against 2 ms and more of
+   waiting). WAL readers never wait for the writer and see everything committed before their
+   transaction starts. In-memory databases have no second connection and use the first.
 2. The connection is in autocommit mode (``isolation_level=None``): the only transactions are the
    ones we open.
 3. ``open()`` refuses a database from a newer schema before writing anything, then sets WAL,
@@ -2015,7 +2018,13 @@ class SQLiteStore(CustomerStore):
     # --- the pop ------------------------------------------------------------------------------
 
     async def profile(self, customer_id: str, *, per_channel: int = 3, notes: int = 5) -> Profile:
-        return await self._run(self._profile, customer_id, per_channel, notes, self.clock())
+        reader = self._reader
+        if reader is None:
+            return await self._run(self._profile, customer_id, per_channel, notes, self.clock())
+        try:
+            return self._profile(reader, customer_id, per_channel, notes, self.clock())
+        except sqlite3.Error as exc:
+            raise _storage_error(self.path, exc) from exc
 
     def _profile(
         self, conn: sqlite3.Connection, customer_id: str, per_channel: int, notes: int, now: float
