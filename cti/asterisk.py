@@ -106,7 +106,14 @@ class AsteriskCTI:
             if self._held is not None:
                 self._held.append(item)
                 return
-            self._apply(item)
+            # ``_apply`` inlined: this runs for every event of the PBX.
+            try:
+                changes = self.model.apply(item, self._clock())
+            except Exception:
+                log.exception("call model failed on %s: %.300r", item.name, item.text)
+                return
+            for change in changes:
+                self._publish(change)
         elif isinstance(item, Connected):
             self._held = []
             self._publish(PBXConnected(self.name, item.session))

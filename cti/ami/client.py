@@ -364,10 +364,18 @@ class AMIClient:
             if wire_log.isEnabledFor(logging.DEBUG):
                 wire_log.debug("< %r", data)
             protocol.receive_data(data)
+            # Nothing in this loop awaits, so the link cannot become ready or drop within a read.
+            ready = self._ready.is_set()
+            listeners = self._listeners
             for item in protocol.events_received():
                 if type(item) is Message:
-                    if self._ready.is_set():
-                        self._emit(item)
+                    if ready:
+                        # ``_emit`` inlined: this runs for every event.
+                        for listener in listeners:
+                            try:
+                                listener(item)
+                            except Exception:
+                                log.exception("AMI listener %r failed on %s", listener, item.name)
                     else:
                         # Events that come with the login response belong after ``Connected``.
                         self._early.append(item)

@@ -116,13 +116,14 @@ class Message:
         plain = self._plain
         if plain is None:
             plain = self._plain = _is_plain(self.text)
-        needle = _NEEDLES.get(key)
-        if needle is None:
-            needle = _needle(key)
-        if not plain or not needle:
+        needles = _NEEDLES.get(key)
+        if needles is None:
+            needles = _needles(key)
+        if not plain or not needles:
             return -2
+        needle, head = needles
         text = self.text
-        if text.startswith(needle[2:]):
+        if text.startswith(head):
             return 0
         found = text.find(needle)
         if found >= 0:
@@ -148,16 +149,33 @@ class Message:
         return text[start:] if end < 0 else text[start:end]
 
     def __getitem__(self, key: str) -> str:
-        line = self._find(key)
-        if line >= 0:
-            return self._value(line, key)
-        real = self._key(key) if line == -2 else None
-        if real is None:
+        value = self.get(key)
+        if value is None:  # a value is never None: the key is absent
             raise KeyError(key)
-        assert self._fields is not None
-        return self._fields[real]
+        return value
 
     def get(self, key: str, default: str | None = None) -> str | None:
+        # The hot path (the model reads ~185 headers a call): ``_find`` and ``_value`` inlined
+        # for a key found as written; a miss goes through ``_find`` (any case) or the parser.
+        plain = self._plain
+        if plain is None:
+            plain = self._plain = _is_plain(self.text)
+        needles = _NEEDLES.get(key)
+        if needles is None:
+            needles = _needles(key)
+        if plain and needles:
+            needle, head = needles
+            text = self.text
+            if text.startswith(head):
+                start = len(head)
+            else:
+                start = text.find(needle)
+                start = start + len(needle) if start >= 0 else -1
+            if start >= 0:
+                if text[start : start + 1] == " ":
+                    start += 1
+                end = text.find("\r\n", start)
+                return text[start:] if end < 0 else text[start:end]
         line = self._find(key)
         if line >= 0:
             return self._value(line, key)
@@ -262,16 +280,18 @@ class Message:
         return f"<Message {self.kind.value} {self.name!r} {len(self.text)} chars>"
 
 
-# Rule 3: ``"\r\nKey:"`` for each key looked up so far ("" for a key no header can have).
-_NEEDLES: dict[str, str] = {}
+# Rule 3: ``("\r\nKey:", "Key:")`` for each key looked up so far (``()`` for a key no header can have).
+_NEEDLES: dict[str, tuple[str, str] | tuple[()]] = {}
 _MAX_NEEDLES = 4096
 
 
-def _needle(key: str) -> str:
-    needle = "" if not key or ":" in key or "\r" in key or "\n" in key else f"\r\n{key}:"
+def _needles(key: str) -> tuple[str, str] | tuple[()]:
+    needles: tuple[str, str] | tuple[()] = (
+        () if not key or ":" in key or "\r" in key or "\n" in key else (f"\r\n{key}:", f"{key}:")
+    )
     if len(_NEEDLES) < _MAX_NEEDLES:
-        _NEEDLES[key] = needle
-    return needle
+        _NEEDLES[key] = needles
+    return needles
 
 
 def _is_plain(text: str) -> bool:

@@ -88,6 +88,8 @@ def test_lookup_spellings_and_edges() -> None:
     assert message["Url"] == "http://a:b"
     assert message["last"] == "z"
     assert message.get("Event") == "Test"
+    twice = Message("Event: A\r\nEvent: B\r\nevent: C", MessageKind.EVENT, "A")
+    assert (twice["Event"], twice.get_all("Event"), twice.get_all("EVENT")) == ("A", ["A", "B"], ["A", "B"])
     empty = Message("Event: A\r\nV:\r\nV:\r\nV:\r\nv: 3\r\nV:", MessageKind.EVENT, "A")
     assert empty.get_all("V") == ["", "", "", ""]
     assert empty.get_all("v") == ["3"]
