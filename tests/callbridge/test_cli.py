@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from callbridge.fakepbx import FakePBX
 
@@ -27,7 +28,10 @@ async def read_until(stream: asyncio.StreamReader, needle: str, seen: list[str],
                 return
 
 
-async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("loop", "runs_on"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigterm(
+    tmp_path: Path, loop: str, runs_on: str
+) -> None:
     token = "t0ken-of-the-shop-0123456789"
     async with FakePBX(["queue_answered"], speed=10.0, username="cb", secret="from-env-only") as pbx:
         env = os.environ | {
@@ -46,6 +50,8 @@ async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigte
             "callbridge",
             "-c",
             str(ROOT / "config/callbridge.yaml"),
+            "--loop",
+            loop,
             "serve",
             env=env,
             cwd=ROOT,
@@ -88,6 +94,8 @@ async def test_serve_follows_the_pbx_logs_one_line_per_change_and_stops_on_sigte
     assert '"call_id": "1795581569.0"' in ended and '"agent_id": "agent1"' in ended
     assert "cause=16 (Normal Clearing)" in ended
     assert '"msg": "stopping"' in rest
+    serving = next(line for line in seen if "serving; AMI" in line)
+    assert json.loads(serving)["msg"].endswith(f"; event loop {runs_on}"), serving
     assert "from-env-only" not in log and token not in log
     assert (tmp_path / "data" / "customers.db").exists()
     assert json.dumps(found).count("Jane Doe") >= 1
