@@ -79,7 +79,17 @@ from customers.model import (
     Profile,
     Value,
 )
-from customers.store import Conflict, CustomerError, CustomerStore, InvalidInput, NotFound, PlainCustomer
+from customers.store import (
+    Conflict,
+    CustomerError,
+    CustomerStore,
+    IdentityFilter,
+    IdentityKey,
+    InvalidInput,
+    NotFound,
+    PlainCustomer,
+    PlainPreparer,
+)
 
 __all__ = ["IdentityConflict", "SQLiteStore", "StorageError", "StoreBusy", "StoreClosed"]
 
@@ -526,6 +536,11 @@ class _Prepared:
     rows: list[_Row]
     rejected: list[tuple[int, str]]
     now: float
+    checks: set[IdentityKey] | None = None
+    """The identity keys whose holders must be looked up (the ``IdentityFilter`` marked them);
+    None: all of them."""
+    token: str | None = None
+    """The filter's ``token``: the store trusts ``checks`` only for the filter it seeded."""
 
 
 def _prepare(region: str, now: float, batch: Sequence[NewCustomer]) -> _Prepared:
@@ -540,12 +555,17 @@ def _prepare(region: str, now: float, batch: Sequence[NewCustomer]) -> _Prepared
     return _Prepared(rows, rejected, now)
 
 
-def _prepare_plain(source: str, now: float, batch: Sequence[PlainCustomer]) -> _Prepared:
+def _prepare_plain(
+    source: str, now: float, batch: Sequence[PlainCustomer], seen: IdentityFilter | None = None
+) -> _Prepared:
     """``SQLiteStore.plain_preparer``'s work: the statements' parameters of rows the importer has
     checked and normalised (``PlainCustomer``), refusing only what the store limits (a field
-    over 1000 characters, attributes that are no JSON object)."""
+    over 1000 characters, attributes that are no JSON object). With ``seen``, the identities it
+    marks (maybe held already) are the only ones whose holders ``create_prepared`` looks up."""
     rows: list[_Row] = []
     rejected: list[tuple[int, str]] = []
+    checks: set[IdentityKey] = set()
+    marked = None if seen is None else seen.seen
     ids = iter(_ID_CLOCK.ids(len(batch)))
     for index, (key, name, fields, attributes, heads, score) in enumerate(batch):
         cid = next(ids)
@@ -562,17 +582,24 @@ def _prepare_plain(source: str, now: float, batch: Sequence[PlainCustomer]) -> _
         if len(heads) == 1:
             identity_rows = [(*heads[0], source, now, cid)]
         else:
-            seen: set[tuple[str, str, str]] = set()
+            unique: set[tuple[str, str, str]] = set()
             identity_rows = []
             for head in heads:
-                if head[:3] not in seen:
-                    seen.add(head[:3])
+                if head[:3] not in unique:
+                    unique.add(head[:3])
                     identity_rows.append((*head, source, now, cid))
+        if marked is not None:
+            for identity in identity_rows:
+                key3 = identity[:3]
+                if marked(key3):
+                    checks.add(key3)
         import_key = key or None
         customer = (cid, name, *fields, encoded, source, import_key, now, now)
         value = None if score is None else _imported_value(cid, score, source, now)
         rows.append((index, import_key, customer, encoded, identity_rows, value))
-    return _Prepared(rows, rejected, now)
+    if seen is None:
+        return _Prepared(rows, rejected, now)
+    return _Prepared(rows, rejected, now, checks, seen.token)
 
 
 class SQLiteStore(CustomerStore):
@@ -598,6 +625,11 @@ class SQLiteStore(CustomerStore):
         self.migrations_dir = migrations_dir or MIGRATIONS_DIR
         self._db: aiosqlite.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        # The import's IdentityFilter (identity_filter): its token, and (data_version,
+        # total_changes) of the writing connection after the last write the filter knows of.
+        # Both only touched on the connection's thread.
+        self._filter_token: str | None = None
+        self._filter_marks: tuple[int, int] = (-1, -1)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r}, default_region={self.default_region!r})"
@@ -1231,8 +1263,50 @@ class SQLiteStore(CustomerStore):
     def batch_preparer(self) -> Callable[[Sequence[NewCustomer]], object]:
         return functools.partial(_prepare, self.default_region, self.clock())
 
-    def plain_preparer(self, source: str) -> Callable[[Sequence[PlainCustomer]], object]:
+    def plain_preparer(self, source: str) -> PlainPreparer:
         return functools.partial(_prepare_plain, source, self.clock())
+
+    async def identity_filter(self, *, expected: int, max_stored: int) -> IdentityFilter | None:
+        return await self._run(self._identity_filter, expected, max_stored)
+
+    def _identity_filter(
+        self, conn: sqlite3.Connection, expected: int, max_stored: int
+    ) -> IdentityFilter | None:
+        with _transaction(conn, write=False):
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            stored = conn.execute("SELECT count(*) FROM identities").fetchone()[0]
+            if stored > max_stored:
+                return None
+            seen = IdentityFilter(stored + max(0, expected), secrets.token_hex(8))
+            add = seen.add
+            for key in conn.execute("SELECT kind, system, value FROM identities"):
+                add(key)
+        self._filter_token = seen.token
+        self._filter_marks = (version, conn.total_changes)
+        return seen
+
+    def _trusted_checks(self, conn: sqlite3.Connection, prepared: _Prepared) -> set[IdentityKey] | None:
+        """The batch's ``checks`` if they can be trusted: made with the filter this store seeded,
+        and nobody but these batches wrote since (another connection's commit changes
+        ``data_version``, a write through this one ``total_changes``). Else None, and the filter
+        is dropped for good: every later batch looks up all its identities' holders."""
+        if prepared.checks is None or prepared.token is None or prepared.token != self._filter_token:
+            return None
+        marks = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+        if marks != self._filter_marks:
+            log.info(
+                "customer store %s: written by another writer during an import: every identity's "
+                "holders are looked up from now on",
+                self.path,
+            )
+            self._filter_token = None
+            return None
+        return prepared.checks
+
+    def _filter_written(self, conn: sqlite3.Connection) -> None:
+        """This batch's writes are ones the filter knows of (its worker marked their keys)."""
+        if self._filter_token is not None:
+            self._filter_marks = (self._filter_marks[0], conn.total_changes)
 
     async def create_prepared(self, prepared: object) -> BatchResult:
         if not isinstance(prepared, _Prepared):
@@ -1241,7 +1315,7 @@ class SQLiteStore(CustomerStore):
         rows, rejected = prepared.rows, prepared.rejected
         if not rows:
             return BatchResult(rejected=tuple(rejected))
-        result = await self._run(self._create_customers, rows, prepared.now)
+        result = await self._run(self._create_customers, prepared)
         return BatchResult(
             created=result.created,
             updated=result.updated,
@@ -1249,10 +1323,12 @@ class SQLiteStore(CustomerStore):
             duplicates=result.duplicates,
         )
 
-    def _create_customers(self, conn: sqlite3.Connection, rows: list[_Row], now: float) -> BatchResult:
-        """Store ``rows``: a row whose key exists (stored, or earlier in the batch) updates that
-        profile, the others become the profiles their rows were prepared as."""
+    def _create_customers(self, conn: sqlite3.Connection, prepared: _Prepared) -> BatchResult:
+        """Store the batch's rows: a row whose key exists (stored, or earlier in the batch)
+        updates that profile, the others become the profiles their rows were prepared as."""
+        rows, now = prepared.rows, prepared.now
         with _transaction(conn):
+            checks = self._trusted_checks(conn, prepared)
             # Keys already stored (a re-run) or repeated within the batch update one profile.
             keys = [row[1] for row in rows if row[1] is not None]
             known: dict[str, str] = {}
@@ -1266,13 +1342,16 @@ class SQLiteStore(CustomerStore):
             if not known and len(set(keys)) == len(keys):
                 # An import's common case: every row a new profile, as prepared.
                 ids = [row[2][0] for row in rows]
-                holders = self._holders(conn, rows)
+                holders = self._holders(conn, rows, checks)
                 self._insert_customers(conn, [row[2] for row in rows])
                 conn.executemany(_IDENTITY_INSERT, [identity for row in rows for identity in row[4]])
                 self._insert_values(conn, [row[5] for row in rows if row[5] is not None])
-                duplicates = self._duplicates(rows, ids, holders)
+                duplicates = self._duplicates(rows, ids, holders, checks)
+                self._filter_written(conn)
                 return BatchResult(created=tuple(ids), duplicates=tuple(duplicates))
-            return self._merge_rows(conn, rows, known, now)
+            result = self._merge_rows(conn, rows, known, now)
+            self._filter_written(conn)
+            return result
 
     def _merge_rows(
         self, conn: sqlite3.Connection, rows: list[_Row], known: dict[str, str], now: float
@@ -1336,15 +1415,23 @@ class SQLiteStore(CustomerStore):
 
     @staticmethod
     def _duplicates(
-        rows: list[_Row], ids: list[str], holders: dict[tuple[str, str, str], list[str]]
+        rows: list[_Row],
+        ids: list[str],
+        holders: dict[tuple[str, str, str], list[str]],
+        only: set[IdentityKey] | None = None,
     ) -> list[tuple[int, Identity, tuple[str, ...]]]:
         """(index, identity, other holders) of the rows' identities that other profiles hold,
-        stored (``holders``) or earlier in the batch; not for identities marked shared."""
+        stored (``holders``) or earlier in the batch; not for identities marked shared. With
+        ``only``, the other keys are known to be new and held once in the batch: skipped."""
         duplicates: list[tuple[int, Identity, tuple[str, ...]]] = []
         first: dict[tuple[str, str, str], str] = {}  # the batch's first holder, when no other
+        if only is not None and not only:
+            return duplicates
         for (index, _, _, _, identity_rows, _), cid in zip(rows, ids, strict=True):
             for identity in identity_rows:
                 key = identity[:3]
+                if only is not None and key not in only:
+                    continue
                 owners = holders.get(key)
                 if owners is None:
                     held = first.get(key)
@@ -1397,16 +1484,20 @@ class SQLiteStore(CustomerStore):
         rows.clear()
 
     @staticmethod
-    def _holders(conn: sqlite3.Connection, rows: list[_Row]) -> dict[tuple[str, str, str], list[str]]:
-        """Stored holders of the rows' (kind, system, value) identities, one IN list per (kind,
-        system)."""
+    def _holders(
+        conn: sqlite3.Connection, rows: list[_Row], only: set[IdentityKey] | None = None
+    ) -> dict[tuple[str, str, str], list[str]]:
+        """Stored holders of the rows' (kind, system, value) identities (with ``only``: of those
+        keys), one IN list per (kind, system)."""
         by_scope: dict[tuple[str, str], set[str]] = {}
-        for row in rows:
-            for kind, system, value, *_ in row[4]:
-                scope = by_scope.get((kind, system))
-                if scope is None:
-                    scope = by_scope[kind, system] = set()
-                scope.add(value)
+        keys: Iterable[Sequence[Any]] = (
+            (identity for row in rows for identity in row[4]) if only is None else only
+        )
+        for kind, system, value, *_ in keys:
+            scope = by_scope.get((kind, system))
+            if scope is None:
+                scope = by_scope[kind, system] = set()
+            scope.add(value)
         holders: dict[tuple[str, str, str], list[str]] = {}
         for (kind, system), values in by_scope.items():
             for chunk in _chunks(sorted(values)):

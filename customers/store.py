@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from customers.model import (
     BatchResult,
@@ -45,6 +45,55 @@ display_name, the ``PLAIN_FIELDS`` in order with "" for none, attributes, identi
 score or None). Whoever makes one has checked it: a display name, fields trimmed, a valid time
 zone and birthday, identities normalised without repeats of a (kind, system, value) being
 needed, a score in 0..100. The store still refuses what only it limits (a field's length)."""
+
+
+IdentityKey = tuple[str, str, str]
+"""(kind, system, value) of an identity in its stored form: what a lookup and a holder share."""
+
+
+class IdentityFilter:
+    """The identity keys a store may hold already, as a bitmap of their hashes: a clear bit
+    proves a key is new, a set bit only says "maybe" (another key of the same hash, ~1-3% of
+    new keys at the sizes the importer asks for). The importer's worker asks it about every
+    identity of every row, in the file's order, so a row's identity is marked when the store
+    held it at the start or an earlier row of the import has it; the store then looks up the
+    holders of the marked ones only (``plain_preparer``'s ``seen``).
+
+    The bits come from Python's ``hash`` (seeded per interpreter): a filter is good in the
+    process that made it and in processes forked from it after, never in another one.
+    ``token`` ties the filter to the store that seeded it: the store trusts marks made with it
+    only while it is the only writer since the seeding."""
+
+    __slots__ = ("bits", "mask", "token")
+
+    def __init__(self, capacity: int, token: str) -> None:
+        size = 1 << 20
+        while size < 16 * capacity and size < 1 << 30:
+            size <<= 1
+        self.bits = bytearray(size >> 3)
+        self.mask = size - 1
+        self.token = token
+
+    def add(self, key: IdentityKey) -> None:
+        slot = hash(key) & self.mask
+        self.bits[slot >> 3] |= 1 << (slot & 7)
+
+    def seen(self, key: IdentityKey) -> bool:
+        """Whether ``key`` may be held already (then it is checked); marks it held from now on."""
+        slot = hash(key) & self.mask
+        byte, bit = slot >> 3, 1 << (slot & 7)
+        bits = self.bits
+        if bits[byte] & bit:
+            return True
+        bits[byte] |= bit
+        return False
+
+
+class PlainPreparer(Protocol):
+    """``CustomerStore.plain_preparer``'s function: a batch of ``PlainCustomer``s, and the
+    import's ``IdentityFilter`` when it has one, to what ``create_prepared`` takes."""
+
+    def __call__(self, batch: Sequence[PlainCustomer], seen: IdentityFilter | None = None) -> object: ...
 
 
 class CustomerError(Exception):
@@ -127,11 +176,20 @@ class CustomerStore(abc.ABC):
         prepares nothing."""
         return _unprepared
 
-    def plain_preparer(self, source: str) -> Callable[[Sequence[PlainCustomer]], object]:
+    def plain_preparer(self, source: str) -> PlainPreparer:
         """As ``batch_preparer()``, for rows the caller has checked and normalised already
         (``PlainCustomer``): the store trusts them and only builds its statements. ``source``
-        is what the rows store as theirs (``import:crm``). The default makes ``NewCustomer``s."""
+        is what the rows store as theirs (``import:crm``). The default makes ``NewCustomer``s
+        (and ignores ``seen``)."""
         return functools.partial(_plain_to_new, source, self.batch_preparer())
+
+    async def identity_filter(self, *, expected: int, max_stored: int) -> IdentityFilter | None:
+        """An ``IdentityFilter`` holding every identity key stored now, sized for ``expected``
+        more, for an import's ``plain_preparer`` to mark the identities whose holders must be
+        looked up; None when the store holds more than ``max_stored`` identities (reading them
+        would cost more than it saves) or cannot tell. The default: None (every identity is
+        checked)."""
+        return None
 
     async def create_prepared(self, prepared: object) -> BatchResult:
         """Store what ``batch_preparer()`` returned, as ``create_customers`` stores its batch."""
@@ -338,6 +396,9 @@ def new_customer(plain: PlainCustomer, source: str) -> NewCustomer:
 
 
 def _plain_to_new(
-    source: str, prepare: Callable[[Sequence[NewCustomer]], object], batch: Sequence[PlainCustomer]
+    source: str,
+    prepare: Callable[[Sequence[NewCustomer]], object],
+    batch: Sequence[PlainCustomer],
+    seen: IdentityFilter | None = None,
 ) -> object:
     return prepare([new_customer(plain, source) for plain in batch])

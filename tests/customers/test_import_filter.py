@@ -1,0 +1,179 @@
+"""The import's identity filter (``IdentityFilter``, importer rule 6): the store looks up the
+holders of the identities the filter marks only, and finds the same duplicates as when it looks
+up every one; another writer during the import turns the filter off."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from customers.importer import ImportReport, import_file, mapping_from_dict
+from customers.sqlite_store import SQLiteStore
+from customers.store import IdentityFilter, PlainCustomer
+
+MAPPING = mapping_from_dict(
+    {
+        "source": "crm",
+        "key": "id",
+        "given_name": "first",
+        "family_name": "last",
+        "phones": [{"column": "mobile", "label": "mobile"}, {"column": "office", "shared": True}],
+        "emails": "email",
+        "member": "card",
+    }
+)
+
+
+def make_csv(path: Path, rows: int, seed: int = 3) -> Path:
+    """Rows with phones and emails drawn from small pools (so repeats within a batch and across
+    batches), repeated keys, rows the converter rejects and one the store refuses."""
+    rng = random.Random(seed)
+    lines = ["id,first,last,mobile,office,email,card"]
+    for n in range(rows):
+        key = rng.randrange(rows + rows // 10)  # ~9% repeat an earlier key
+        mobile = f"(415) 555-{rng.randrange(400):04d}"
+        office = f"+1 212 555 {rng.randrange(20):04d}" if rng.random() < 0.3 else ""
+        email = f"p{rng.randrange(rows)}@example.com" if rng.random() < 0.9 else ""
+        card = f"M-{n}"
+        last = "Doe" if n % 97 else "x" * 1001  # the store refuses a field over 1000 characters
+        if n % 89 == 5:
+            mobile = "555-0123"  # no area code: rejected by the converter
+        lines.append(f"{key},P{n},{last},{mobile},{office},{email},{card}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def contents(path: Path) -> list[tuple[Any, ...]]:
+    """Every customer and identity stored, ids replaced by the import key of their profile."""
+    with closing(sqlite3.connect(path)) as conn:
+        key = dict(conn.execute("SELECT id, coalesce(import_key, display_name) FROM customers"))
+        rows: list[tuple[Any, ...]] = [
+            ("customer", *row)
+            for row in conn.execute(
+                "SELECT import_key, display_name, given_name, family_name, attributes, source FROM customers "
+                "ORDER BY import_key"
+            )
+        ]
+        rows += sorted(
+            ("identity", key[cid], kind, system, value, raw, label, shared)
+            for cid, kind, system, value, raw, label, shared in conn.execute(
+                "SELECT customer_id, kind, system, value, raw, label, shared FROM identities"
+            )
+        )
+    return rows
+
+
+def findings(path: Path, report: ImportReport) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(path)) as conn:
+        key = dict(conn.execute("SELECT id, coalesce(import_key, display_name) FROM customers"))
+    return [
+        (f.row, f.identity.kind.value, f.identity.value, tuple(key[h] for h in f.holders))
+        for f in report.duplicate_findings
+    ]
+
+
+async def seeded_store(path: Path) -> None:
+    """A profile made by hand before the import, holding a number and an email rows use."""
+    async with SQLiteStore(path) as store:
+        await store.create_customer(
+            "Walk In", identities=[("phone", "(415) 555-0007"), ("email", "p3@example.com")]
+        )
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_filtered_import_finds_what_checking_every_identity_finds(tmp_path: Path, workers: int) -> None:
+    source = make_csv(tmp_path / "crm.csv", 600)
+    results = {}
+    for filtered in (True, False):
+        db = tmp_path / f"{filtered}.db"
+        await seeded_store(db)
+        async with SQLiteStore(db) as store:
+            report = await import_file(
+                store,
+                source,
+                MAPPING,
+                batch=50,
+                rejects=tmp_path / f"{filtered}.rejects.csv",
+                state=False,
+                workers=workers,
+                filter_identities=filtered,
+            )
+        results[filtered] = (
+            report.totals(),
+            findings(db, report),
+            contents(db),
+            (tmp_path / f"{filtered}.rejects.csv").read_text(encoding="utf-8"),
+        )
+    assert results[True] == results[False]
+    totals, found, _, rejects = results[True]
+    assert totals["duplicates"] > 50 and totals["rejected"] >= 10 and totals["repeated"] > 10
+    assert any(holders == ("Walk In",) for _, _, _, holders in found)  # a holder from before
+    assert "longer than 1000 characters" in rejects
+
+
+def plain(key: str, phone: str) -> PlainCustomer:
+    return (key, key, ("", "", "", "", "", ""), {}, (("phone", "", phone, phone, "", "", 0, 0),), None)
+
+
+async def filtered_batches(store: SQLiteStore, *batches: list[PlainCustomer]) -> list[Any]:
+    seen = await store.identity_filter(expected=100, max_stored=1000)
+    assert seen is not None
+    results = []
+    for batch in batches:
+        results.append(await store.create_prepared(store.plain_preparer("import:t")(batch, seen)))
+    return results
+
+
+async def test_a_write_through_the_same_store_turns_the_filter_off(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "c.db") as store:
+        seen = await store.identity_filter(expected=100, max_stored=1000)
+        assert seen is not None
+        first = await store.create_prepared(
+            store.plain_preparer("import:t")([plain("t:1", "+14155550001")], seen)
+        )
+        # Between two batches someone else gives a number of the next batch to a profile.
+        other = await store.create_customer("Other", identities=[("phone", "+14155550002")])
+        second = await store.create_prepared(
+            store.plain_preparer("import:t")([plain("t:2", "+14155550002")], seen)
+        )
+    assert first.duplicates == ()
+    assert [(i.value, holders) for _, i, holders in second.duplicates] == [("+14155550002", (other.id,))]
+
+
+async def test_a_write_from_another_connection_turns_the_filter_off(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    async with SQLiteStore(db) as store:
+        seen = await store.identity_filter(expected=100, max_stored=1000)
+        assert seen is not None
+        await store.create_prepared(store.plain_preparer("import:t")([plain("t:1", "+14155550001")], seen))
+        async with SQLiteStore(db) as service:  # a live service on the same file
+            other = await service.create_customer("Other", identities=[("phone", "+14155550002")])
+        second = await store.create_prepared(
+            store.plain_preparer("import:t")([plain("t:2", "+14155550002")], seen)
+        )
+    assert [(i.value, holders) for _, i, holders in second.duplicates] == [("+14155550002", (other.id,))]
+
+
+async def test_the_filter_holds_what_the_store_held(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "c.db") as store:
+        held = await store.create_customer("Held", identities=[("phone", "+14155550009")])
+        first, second = await filtered_batches(
+            store,
+            [plain("t:1", "+14155550009"), plain("t:2", "+14155550010")],
+            [plain("t:3", "+14155550010")],
+        )
+        assert await store.identity_filter(expected=10, max_stored=2) is None  # 3 stored: too many
+    assert [(i.value, h) for _, i, h in first.duplicates] == [("+14155550009", (held.id,))]
+    assert [(i.value, h) for _, i, h in second.duplicates] == [("+14155550010", (first.created[1],))]
+
+
+def test_a_clear_bit_proves_a_key_new() -> None:
+    seen = IdentityFilter(1000, "t")
+    keys = [("phone", "", f"+1415555{n:04d}") for n in range(1000)]
+    assert [seen.seen(key) for key in keys].count(True) < 20  # only collisions, ~0.1%
+    assert all(seen.seen(key) for key in keys)
