@@ -59,10 +59,12 @@ class PopPipeline:
         clock: Callable[[], float] = time.time,
         max_assembling: int = 64,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        mask_ivr_input: bool = False,
     ) -> None:
         """``model``: where to read the calls from after the bus dropped changes; ``queue_size``:
-        how many changes the bus keeps for this pipeline before it drops the oldest."""
-        self.tracker = PopTracker()
+        how many changes the bus keeps for this pipeline before it drops the oldest;
+        ``mask_ivr_input``: the tracker's Rule 9."""
+        self.tracker = PopTracker(mask_ivr_input=mask_ivr_input)
         self.assembler = PopAssembler(store)
         self.hub = hub
         self.wrapup = wrapup

@@ -112,7 +112,13 @@ class Service:
             self.store, self.client.send_action, screenpop.dial, region=config.default_region
         )
         self.pops = PopPipeline(
-            self.bus, self.store, self.hub, wrapup=self.wrapup, webhooks=self.webhooks, model=self.model
+            self.bus,
+            self.store,
+            self.hub,
+            wrapup=self.wrapup,
+            webhooks=self.webhooks,
+            model=self.model,
+            mask_ivr_input=self.settings.screenpop.mask_ivr_input,
         )
         await self.pops.start()
         http = self.settings.http

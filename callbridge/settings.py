@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "wrapup": {"pause": False, "reason": "Wrap-up", "max_seconds": 120.0},
         "dial": {"context": "customers", "caller_id": "", "timeout": 30.0},
         "webhooks": [],
+        "mask_ivr_input": False,
     },
 }
 
@@ -219,6 +220,7 @@ SCHEMA: dict[str, Any] = {
                         "timeout": {"type": "number", "exclusiveMinimum": 0},
                     },
                 },
+                "mask_ivr_input": {"type": "boolean"},
                 "webhooks": {
                     "type": "array",
                     "items": {
@@ -357,6 +359,8 @@ class ScreenpopSettings:
     wrapup: WrapupSettings = field(default_factory=WrapupSettings)
     dial: DialSettings = field(default_factory=DialSettings)
     webhooks: tuple[WebhookSettings, ...] = ()
+    mask_ivr_input: bool = False
+    """Pops show the digits a caller keyed in an IVR as ``•`` (``screenpop.tracker`` Rule 9)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +521,7 @@ def _screenpop(
         wrapup=WrapupSettings(bool(wrapup["pause"]), wrapup["reason"], float(wrapup["max_seconds"])),
         dial=DialSettings(dial["context"], dial["caller_id"], float(dial["timeout"])),
         webhooks=tuple(webhooks),
+        mask_ivr_input=bool(data["mask_ivr_input"]),
     )
 
 

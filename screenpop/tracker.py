@@ -63,6 +63,11 @@ Rule 7 (memory). The tracker keeps records only for calls with a pop; a call's r
 Rule 8 (facts). ``facts`` is a JSON-able dict copied into each command: what the pop shows of
         the call (see ``_facts``). Times are the ``now`` values given to the model; the page
         counts on from them, so the tracker never updates a pop only because time passed.
+Rule 9 (IVR input). ``facts["ivr"]`` carries the IVR visit with what the caller keyed in
+        (``digits``) and what the IVR did (``steps``: its prompts, questions, applications and
+        the variables it set). A tracker made with ``mask_ivr_input`` sends each digit as ``•``
+        and leaves out the values of ``SET VARIABLE`` and ``SAY`` steps, for IVRs that take card
+        numbers or PINs: what leaves the tracker (pops, updates, replays, webhooks) never has them.
 """
 
 from __future__ import annotations
@@ -160,7 +165,9 @@ class _CallPops:
 class PopTracker:
     """The live pops of every agent, kept up to date from the call model's ``CallChanged``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, mask_ivr_input: bool = False) -> None:
+        self.mask_ivr_input = mask_ivr_input
+        """Rule 9."""
         self._calls: dict[str, _CallPops] = {}
         # agent id -> call ids with a live pop for that agent, in the order they were shown.
         self._by_agent: dict[str, dict[str, None]] = {}
@@ -206,7 +213,7 @@ class PopTracker:
             if pop.agent_id == connected_agent and pop.state is PopState.RINGING:
                 pop.answered_at = now
             state = _pop_state(call, pop, connected_agent)
-            facts = _facts(call, pop, state)
+            facts = _facts(call, pop, state, self.mask_ivr_input)
             if facts != pop.facts:
                 update_reason = _update_reason(change.change, pop, state, facts)
                 pop.state = state
@@ -232,7 +239,7 @@ class PopTracker:
                 answered_at=now if answered else None,
             )
             pop.state = _pop_state(call, pop, connected_agent)
-            pop.facts = _facts(call, pop, pop.state)
+            pop.facts = _facts(call, pop, pop.state, self.mask_ivr_input)
             record.live[agent_id] = pop
             self._by_agent.setdefault(agent_id, {})[call.id] = None
             shows.append(ShowPop(pop.pop_id, agent_id, call.id, dict(pop.facts)))
@@ -370,7 +377,21 @@ def _update_reason(change: str, pop: _Pop, state: PopState, facts: Facts) -> Upd
     return UpdateReason.DETAILS
 
 
-def _ivr_facts(visit: IvrVisit | None) -> JsonValue:
+_MASK = "\u2022"
+_VALUE_STEPS = (("SET VARIABLE ", 3), ("SAY ", 2))
+"""Steps whose words after the first N are what the caller gave (Rule 9)."""
+
+
+def _masked_step(step: str) -> str:
+    upper = step.upper()
+    for prefix, keep in _VALUE_STEPS:
+        if upper.startswith(prefix):
+            words = step.split(" ")
+            return " ".join(words[:keep]) + (f" {_MASK * 3}" if len(words) > keep else "")
+    return step
+
+
+def _ivr_facts(visit: IvrVisit | None, mask: bool) -> JsonValue:
     if visit is None:
         return None
     return {
@@ -380,10 +401,12 @@ def _ivr_facts(visit: IvrVisit | None) -> JsonValue:
         "script": visit.script,
         "entered_at": visit.entered_at,
         "left_at": visit.left_at,
+        "digits": _MASK * len(visit.digits) if mask else visit.digits,
+        "steps": [_masked_step(step) for step in visit.steps] if mask else list(visit.steps),
     }
 
 
-def _facts(call: Call, pop: _Pop, state: PopState) -> Facts:
+def _facts(call: Call, pop: _Pop, state: PopState, mask_ivr_input: bool) -> Facts:
     """What the pop shows of the call (Rule 8): plain values only, safe to send as JSON."""
     wait: float | None = call.wait_time
     if state is PopState.RINGING and pop.ringing_since is not None and call.queued_at is not None:
@@ -408,7 +431,7 @@ def _facts(call: Call, pop: _Pop, state: PopState) -> Facts:
         "queue_position": call.queue_position if state is PopState.RINGING else None,
         "queued_at": call.queued_at,
         "wait_time": wait,
-        "ivr": _ivr_facts(call.ivr),
+        "ivr": _ivr_facts(call.ivr, mask_ivr_input),
         "customer_id": call.customer_id,
         "campaign_id": call.campaign_id,
         "variables": dict(call.variables),

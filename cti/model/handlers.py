@@ -13,7 +13,13 @@ from dataclasses import replace
 from cti.ami.message import Message
 from cti.model.devices import device_of_channel, device_of_interface, dialed_number, is_number
 from cti.model.records import CallRecord
-from cti.model.snapshots import CallState, Transfer
+from cti.model.snapshots import (
+    MAX_IVR_DIGITS,
+    MAX_IVR_STEP_CHARS,
+    MAX_IVR_STEPS,
+    CallState,
+    Transfer,
+)
 from cti.model.transitions import (
     CONNECTED_STATES,
     DEAD_UIDS_KEPT,
@@ -26,6 +32,21 @@ from cti.model.transitions import (
 Handler = Callable[[Message, float, Out], None]
 
 _AGI_APPS = frozenset({"AGI", "EAGI", "DeadAGI"})
+_IVR_STEP_COMMANDS = (
+    "STREAM FILE",
+    "CONTROL STREAM FILE",
+    "GET DATA",
+    "GET OPTION",
+    "WAIT FOR DIGIT",
+    "SAY ",
+    "RECORD FILE",
+    "EXEC ",
+    "SET VARIABLE",
+    "GOSUB",
+    "SPEECH RECOGNIZE",
+)
+"""AGI commands that make the caller's journey (prompts, input, applications, results); the
+rest (ANSWER, GET VARIABLE, VERBOSE, DATABASE, NOOP, CHANNEL STATUS, ...) is the script's own."""
 _UNIQUEID_LINE = re.compile(r"\nUniqueid: ([^\r\n]*)")
 
 
@@ -46,6 +67,7 @@ class EventHandlers(ModelState):
             "BridgeLeave": self._on_bridge_leave,
             "Newexten": self._on_newexten,
             "AGIExecStart": self._on_agi_exec,
+            "DTMFEnd": self._on_dtmf_end,
             "AsyncAGIStart": self._on_async_agi_start,
             "AsyncAGIEnd": self._on_async_agi_end,
             "QueueCallerJoin": self._on_queue_join,
@@ -374,8 +396,26 @@ class EventHandlers(ModelState):
 
     def _on_agi_exec(self, msg: Message, now: float, out: Out) -> None:
         leg = self._leg(msg, now, out)
-        if leg is not None and leg.call.state is not CallState.IVR:
-            self._enter_ivr(leg.call, leg, msg, now, out, application="AGI")
+        if leg is None:
+            return
+        call = leg.call
+        if call.state is not CallState.IVR:
+            self._enter_ivr(call, leg, msg, now, out, application="AGI")
+        visit = call.ivr
+        if visit is None or call.ivr_leg != leg.uid or len(visit.steps) >= MAX_IVR_STEPS:
+            return
+        command = " ".join((msg.get("Command") or "").split())
+        if command.upper().startswith(_IVR_STEP_COMMANDS):
+            call.ivr = replace(visit, steps=(*visit.steps, command[:MAX_IVR_STEP_CHARS]))
+
+    def _on_dtmf_end(self, msg: Message, now: float, out: Out) -> None:
+        """A digit the caller keyed in while in an IVR (``Direction: Received`` on its leg)."""
+        call = self._ivr_legs.get(msg.get("Uniqueid") or "")
+        if call is None or call.ivr is None or msg.get("Direction") != "Received":
+            return
+        digit = msg.get("Digit") or ""
+        if len(digit) == 1 and len(call.ivr.digits) < MAX_IVR_DIGITS:
+            call.ivr = replace(call.ivr, digits=call.ivr.digits + digit)
 
     def _on_async_agi_start(self, msg: Message, now: float, out: Out) -> None:
         leg = self._leg(msg, now, out)

@@ -103,6 +103,19 @@ class IvrVisit:
     """``AppData`` of the AGI application, e.g. ``agi://127.0.0.1:4573/ivr?lang=en``."""
     entered_at: float = 0.0
     left_at: float | None = None
+    digits: str = ""
+    """What the caller keyed in during the visit: the digits of every ``DTMFEnd`` received on the
+    IVR's leg, in order (``#`` and ``*`` included), at most ``MAX_IVR_DIGITS``."""
+    steps: tuple[str, ...] = ()
+    """What the IVR did with the caller, from its AGI commands (``AGIExecStart``): the prompts it
+    played, the input it asked for, the applications it ran and the variables it set, as sent
+    (``STREAM FILE demo-instruct "123"``, ``GET DATA vm-enter-num-to-call 6000 4``, ``SET VARIABLE
+    IVR_CHOICE 2``); at most ``MAX_IVR_STEPS``, each cut at ``MAX_IVR_STEP_CHARS``."""
+
+
+MAX_IVR_DIGITS = 64
+MAX_IVR_STEPS = 50
+MAX_IVR_STEP_CHARS = 120
 
 
 @dataclass(frozen=True, slots=True)

@@ -416,6 +416,19 @@
           spent ? ` (${spent})` : null,
         ),
       );
+      if (typeof ivr.digits === "string" && ivr.digits) {
+        parts.push(el("p", { class: "ivr-digits" }, el("strong", {}, "Keyed in: "), el("kbd", {}, ivr.digits)));
+      }
+      if (Array.isArray(ivr.steps) && ivr.steps.length) {
+        parts.push(
+          el(
+            "details",
+            { class: "ivr-steps" },
+            el("summary", {}, `IVR journey (${ivr.steps.length} steps)`),
+            el("ol", {}, ivr.steps.map((step) => el("li", {}, String(step)))),
+          ),
+        );
+      }
     }
     if (payload.campaign) {
       parts.push(

@@ -116,6 +116,12 @@ def test_screenpop_section_merges_into_defaults_and_reads_webhook_secrets_from_e
     assert hook.secret == "k" * 32
     assert "k" * 32 not in repr(settings)
     assert [a.device for a in settings.agents] == ["PJSIP/1001", "PJSIP/1002-desk"]
+    assert screenpop.mask_ivr_input is False
+    path.write_text("screenpop:\n  mask_ivr_input: true\n")
+    assert load_settings(path, environ={}).screenpop.mask_ivr_input is True
+    path.write_text("screenpop:\n  mask_ivr_input: 'yes'\n")
+    with pytest.raises(SettingsError, match=r"screenpop\.mask_ivr_input"):
+        load_settings(path, environ={})
 
 
 def test_screenpop_errors_name_the_missing_secret_and_the_repeated_disposition(tmp_path: Path) -> None:

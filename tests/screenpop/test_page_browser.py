@@ -304,7 +304,14 @@ async def test_markup_in_a_customer_is_text_and_an_unanswered_retract_greys_then
                 "queue": "support",
                 "wait_time": 12.0,
                 "ringing_since": time.time(),
-                "ivr": {"context": "ivr-main", "exten": "s", "application": "Read", "script": "main"},
+                "ivr": {
+                    "context": "ivr-main",
+                    "exten": "s",
+                    "application": "AGI",
+                    "script": "main",
+                    "digits": "24155#",
+                    "steps": ["GET DATA enter-account 6000 4", f"SET VARIABLE NAME {MARKUP}"],
+                },
             }
             show = ShowPop("x1:agent1:1", "agent1", "x1", facts)
             payload = await PopAssembler(service.store).assemble(show)
@@ -315,6 +322,12 @@ async def test_markup_in_a_customer_is_text_and_an_unanswered_retract_greys_then
             assert await card.locator("h2.caller").inner_text() == MARKUP
             assert await card.locator(".note-text").inner_text() == f"note {MARKUP}"
             assert "main" in await card.locator(".ivr").inner_text()
+            assert await card.locator(".ivr-digits kbd").inner_text() == "24155#"
+            await card.locator(".ivr-steps summary").click()
+            assert await card.locator(".ivr-steps li").all_inner_texts() == [
+                "GET DATA enter-account 6000 4",
+                f"SET VARIABLE NAME {MARKUP}",
+            ]
             assert await page.locator("#pops img").count() == 0
             assert await card.locator(".dnc").inner_text() == "Do not call (customer): asked twice"
             assert await card.locator(".consent").inner_text() == "No consent: sms"

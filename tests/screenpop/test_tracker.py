@@ -584,3 +584,56 @@ def test_click_to_dial_the_agent_lets_their_device_ring_out(dial_end: bool) -> N
     pop_id = f"{C2D}:alice:1"
     assert result.flow("alice") == [("ShowPop", pop_id, ""), ("RetractPop", pop_id, "ring_no_answer")]
     assert_forgotten(result)
+
+
+def ivr_then_queue() -> list[Message]:
+    """A caller in an AGI IVR keys ``4``, ``1``, ``#``; the IVR reads the account back, sets it,
+    and sends the call to a queue, where Alice rings."""
+    agi = channel(TRUNK)
+    return [
+        *start(),
+        event("AGIExecStart", **agi, Command='STREAM FILE welcome ""', CommandId="1"),
+        event("AGIExecStart", **agi, Command="GET DATA enter-account 5000 4", CommandId="2"),
+        *(event("DTMFEnd", **agi, Digit=d, Direction="Received", DurationMs="100") for d in "41#"),
+        event("DTMFEnd", **agi, Digit="9", Direction="Sent", DurationMs="100"),
+        event("AGIExecStart", **agi, Command="VERBOSE checked 1", CommandId="3"),
+        event("AGIExecStart", **agi, Command='SAY DIGITS 41 ""', CommandId="4"),
+        event("AGIExecStart", **agi, Command="SET VARIABLE  ACCOUNT 41", CommandId="5"),
+        event("QueueCallerJoin", **channel(TRUNK), Queue="sales", Position="1", Count="1"),
+        event("DTMFEnd", **agi, Digit="7", Direction="Received", DurationMs="100"),
+        agent_called(ALICE),
+    ]
+
+
+def test_the_pop_shows_what_the_caller_keyed_in_the_ivr() -> None:
+    """Digits received on the IVR leg while in the IVR, in order (not those sent to the caller,
+    nor those keyed after it); the journey without the script's bookkeeping (VERBOSE)."""
+    (show,) = run(ivr_then_queue()).shows()
+    ivr = show.facts["ivr"]
+    assert isinstance(ivr, dict)
+    assert ivr["digits"] == "41#"
+    assert ivr["steps"] == [
+        'STREAM FILE welcome ""',
+        "GET DATA enter-account 5000 4",
+        'SAY DIGITS 41 ""',
+        "SET VARIABLE ACCOUNT 41",
+    ]
+    assert ivr["left_at"] is not None
+
+
+def test_masked_ivr_input_never_leaves_the_tracker() -> None:
+    result = PopReplay(CallModel(agents=AGENTS), PopTracker(mask_ivr_input=True))
+    for i, msg in enumerate(ivr_then_queue()):
+        result.feed(msg, float(i))
+    (show,) = result.shows()
+    ivr = show.facts["ivr"]
+    assert isinstance(ivr, dict)
+    assert ivr["digits"] == "\u2022\u2022\u2022"
+    assert ivr["steps"] == [
+        'STREAM FILE welcome ""',
+        "GET DATA enter-account 5000 4",
+        "SAY DIGITS \u2022\u2022\u2022",
+        "SET VARIABLE ACCOUNT \u2022\u2022\u2022",
+    ]
+    (replayed,) = result.tracker.live_pops("alice")
+    assert "41" not in json.dumps(replayed.facts["ivr"])

@@ -27,6 +27,41 @@ def test_fastagi_ivr(replay: ReplayFactory) -> None:
     assert call.queue is None and not call.answered
 
 
+def test_the_visit_keeps_what_the_caller_keyed_in_and_what_the_ivr_did(replay: ReplayFactory) -> None:
+    """DTMFEnd received on the IVR leg: ``2``, ``4155``, ``#`` as the caller sent them; the AGI
+    commands that play, ask, run or set something, in order, the script's bookkeeping left out."""
+    call = replay("ivr_agi").only_call()
+    assert call.ivr is not None
+    assert call.ivr.digits == "24155#"
+    assert call.ivr.steps == (
+        "SET VARIABLE IVR_LANG en",
+        'STREAM FILE hello-world ""',
+        'STREAM FILE demo-instruct "123"',
+        "GET DATA vm-enter-num-to-call 6000 4",
+        'SAY DIGITS 4155 ""',
+        "WAIT FOR DIGIT 5000",
+        "SET VARIABLE IVR_CHOICE 2",
+        "SET VARIABLE IVR_ACCOUNT 4155",
+        "EXEC Playback beep",
+        "EXEC NoSuchApplication foo",
+        "GET DATA",
+    )
+
+
+def test_digits_arrive_in_the_visit_as_they_are_keyed(replay: ReplayFactory) -> None:
+    """Stopped just before the third DTMFEnd (the ``1`` of ``4155``): the visit holds ``24``."""
+    seen = 0
+
+    def stop(msg: object) -> bool:
+        nonlocal seen
+        seen += getattr(msg, "name", None) == "DTMFEnd"
+        return seen == 3
+
+    result = replay("ivr_agi", stop=stop)
+    (call,) = result.model.live_calls()
+    assert call.ivr is not None and call.ivr.digits == "24"
+
+
 def test_state_is_ivr_during_every_agi_command(replay: ReplayFactory) -> None:
     for nth in (1, 10, 22):
         seen = 0
@@ -69,3 +104,5 @@ def test_async_agi(replay: ReplayFactory) -> None:
     assert call.ivr.script == "agi:async"
     assert call.ivr.left_at is not None and call.ivr.left_at < (call.ended_at or 0)
     assert call.ivr.left_at - call.ivr.entered_at > 2.0
+    assert call.ivr.steps == ('STREAM FILE beep ""', "SET VARIABLE IVR_CHOICE 1", "WAIT FOR DIGIT 1000")
+    assert call.ivr.digits == ""
