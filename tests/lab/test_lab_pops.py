@@ -1,5 +1,6 @@
 """Screen-pops against the real Asterisk 22: a call originated into a queue pops at the agent whose
-device rings, and only there; it is retracted when the caller hangs up."""
+device rings, and only there; it is retracted when the caller hangs up; a caller who came through
+the IVR (a FastAGI script served here) pops with what they keyed in."""
 
 from __future__ import annotations
 
@@ -134,3 +135,85 @@ async def test_the_pop_is_retracted_when_the_caller_hangs_up_while_it_rings(
     assert retract["pop_id"] == pop["pop_id"] and retract["reason"] == "caller_hung_up"
     with pytest.raises(TimeoutError):
         await sockets["agent2"].receive(timeout=0.3)
+
+
+class IvrScript:
+    """The lab's FastAGI IVR (``[ivr]`` runs ``AGI(agi://127.0.0.1:4573/ivr?lang=en)``): asks for a
+    menu choice and an account number, sets the account, then queues the caller on ``support``."""
+
+    COMMANDS = (
+        "ANSWER",
+        "VERBOSE ivr-start 1",
+        "GET DATA beep 6000 1",
+        "GET DATA beep 4000 4",
+        "SET VARIABLE IVR_ACCOUNT 4155",
+        "EXEC Queue support,,,,60",
+    )
+
+    def __init__(self) -> None:
+        self.replies: list[str] = []
+        self.done = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (await reader.readline()).strip():
+                pass  # the agi_ environment block
+            for command in self.COMMANDS:
+                writer.write(f"{command}\n".encode())
+                await writer.drain()
+                reply = (await reader.readline()).decode().strip()
+                self.replies.append(reply)
+                if not reply.startswith("200"):
+                    break
+        finally:
+            self.done.set()
+            writer.close()
+
+
+async def test_an_ivr_caller_pops_with_what_they_keyed_in(
+    pages: tuple[Service, dict[str, aiohttp.ClientWebSocketResponse]],
+) -> None:
+    """The lab's IVR handset keys ``2``, then ``4155`` (and ``#`` later, once queued): the pop
+    at the agent shows ``24155`` and the IVR's steps, and the queue and customer as usual."""
+    service, sockets = pages
+    script = IvrScript()
+    server = await asyncio.start_server(script.serve, "127.0.0.1", 4573)
+    try:
+        result = await service.client.send_action(
+            "Originate",
+            {
+                "Channel": "Local/pstn@callers-ivr",
+                "Context": "ivr",
+                "Exten": "s",
+                "Priority": "1",
+                "CallerID": '"Jane Doe" <+14155550123>',
+                "Async": "true",
+            },
+        )
+        assert result.ok, result.message
+        first = [asyncio.ensure_future(receive(sockets[a], "pop", timeout=30)) for a in ("agent1", "agent2")]
+        done, pending = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        pop = done.pop().result()
+        ivr = pop["facts"]["ivr"]
+        assert script.replies[2:4] == ["200 result=2", "200 result=4155"], script.replies
+        assert ivr["digits"] == "24155", ivr
+        assert ivr["steps"] == [
+            "GET DATA beep 6000 1",
+            "GET DATA beep 4000 4",
+            "SET VARIABLE IVR_ACCOUNT 4155",
+            "EXEC Queue support,,,,60",
+        ]
+        assert ivr["script"] == "agi://127.0.0.1:4573/ivr?lang=en" and ivr["left_at"] is not None
+        assert pop["facts"]["queue"] == "support"
+        assert pop["payload"]["customer"]["display_name"] == "Jane Doe"
+        # The handset would stay 15 s more: hang it up, and the AGI session ends with the call.
+        hangup = await service.client.send_action("Hangup", {"Channel": "/^Local/pstn@callers-ivr-/"})
+        assert hangup.ok, hangup.message
+        async with asyncio.timeout(15):
+            await script.done.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
