@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -530,17 +531,150 @@ def _check_row(index: int, item: NewCustomer, now: float, region: str) -> _Row:
 
 @dataclass(slots=True)
 class _Prepared:
-    """A batch ``_prepare`` checked (possibly in another process): ``create_prepared`` only adds
-    ids and runs the SQL."""
+    """A batch checked and turned into the statements' parameters (possibly in another process):
+    ``create_prepared`` only runs the SQL. Column-wise (one list per statement, not one tuple
+    per row), so the writer hands the lists to ``executemany`` as they are; pickled as one
+    string (``_pack``), which an import's worker makes and the writer splits in C."""
 
-    rows: list[_Row]
-    rejected: list[tuple[int, str]]
     now: float
+    rejected: list[tuple[int, str]]
+    indexes: list[int]
+    """Each row's index in the batch."""
+    customers: list[tuple[Any, ...]]
+    """Each row's customers row (``_CUSTOMER_INSERT``'s parameters: the new id first, the key
+    at 10)."""
+    counts: list[int]
+    """How many of ``identities`` each row has, in order."""
+    identities: list[tuple[Any, ...]]
+    """``_IDENTITY_INSERT``'s parameters, the rows' identities one after the other (new id last)."""
+    values: list[tuple[Any, ...] | None] | None = None
+    """Each row's customer_values row (the new id first) or None; None: no row has one."""
     checks: set[IdentityKey] | None = None
     """The identity keys whose holders must be looked up (the ``IdentityFilter`` marked them);
     None: all of them."""
     token: str | None = None
     """The filter's ``token``: the store trusts ``checks`` only for the filter it seeded."""
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[_Row], rejected: list[tuple[int, str]], now: float) -> _Prepared:
+        values = [row[5] for row in rows]
+        return cls(
+            now,
+            rejected,
+            [row[0] for row in rows],
+            [row[2] for row in rows],
+            [len(row[4]) for row in rows],
+            [identity for row in rows for identity in row[4]],
+            values if any(value is not None for value in values) else None,
+        )
+
+    def rows(self) -> list[_Row]:
+        """Row-wise, for the rows that update stored profiles (``_merge_rows``)."""
+        rows: list[_Row] = []
+        at = 0
+        values = self.values or [None] * len(self.indexes)
+        for index, customer, count, value in zip(
+            self.indexes, self.customers, self.counts, values, strict=True
+        ):
+            rows.append((index, customer[10], customer, customer[8], self.identities[at : at + count], value))
+            at += count
+        return rows
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        packed = _pack(self)
+        if packed is None:
+            return (
+                _Prepared,
+                (
+                    self.now,
+                    self.rejected,
+                    self.indexes,
+                    self.customers,
+                    self.counts,
+                    self.identities,
+                    self.values,
+                    self.checks,
+                    self.token,
+                ),
+            )
+        return (_unpack, packed)
+
+
+_SEP = "\x1f"
+"""Between the strings of a packed batch; a batch with one in its text is pickled as it is."""
+
+
+def _pack(prepared: _Prepared) -> tuple[Any, ...] | None:
+    """The batch as (one string of its texts, bytes of its identities' flags, the rest as is):
+    pickling ~70k short strings and 9k tuples a batch cost the worker ~12 us a row, this ~4.
+    None when the batch does not have the shape (one source and time, keys, 0/1 flags)."""
+    if not prepared.customers:
+        return None
+    now = prepared.now
+    source = prepared.customers[0][9]
+    texts: list[str] = []
+    extend, append = texts.extend, texts.append
+    for customer in prepared.customers:
+        if customer[9] != source or customer[10] is None or customer[11] != now or customer[12] != now:
+            return None
+        extend(customer[:9])
+        append(customer[10])
+    flags = bytearray()
+    flag = flags.append
+    for identity in prepared.identities:
+        if (
+            identity[8] != source
+            or identity[9] != now
+            or not 0 <= identity[6] <= 1
+            or not 0 <= identity[7] <= 1
+        ):
+            return None
+        extend(identity[:6])
+        append(identity[10])
+        flag(identity[6])
+        flag(identity[7])
+    try:
+        text = _SEP.join(texts)
+    except TypeError:  # not all strings
+        return None
+    if text.count(_SEP) != len(texts) - 1:
+        return None
+    return (
+        text,
+        bytes(flags),
+        source,
+        now,
+        prepared.rejected,
+        prepared.indexes,
+        prepared.counts,
+        prepared.values,
+        prepared.checks,
+        prepared.token,
+    )
+
+
+def _unpack(  # noqa: PLR0917 - pickle calls it with the arguments _pack made
+    text: str,
+    flags: bytes,
+    source: str,
+    now: float,
+    rejected: list[tuple[int, str]],
+    indexes: list[int],
+    counts: list[int],
+    values: list[tuple[Any, ...] | None] | None,
+    checks: set[IdentityKey] | None,
+    token: str | None,
+) -> _Prepared:
+    texts = text.split(_SEP)
+    rows = len(indexes)
+    c = iter(texts[: 10 * rows])
+    customers = list(zip(c, c, c, c, c, c, c, c, c, repeat(source, rows), c, repeat(now), repeat(now)))
+    i = iter(texts[10 * rows :])
+    f = iter(flags)
+    identities = list(zip(i, i, i, i, i, i, f, f, repeat(source), repeat(now), i))
+    if len(customers) != rows or len(identities) != sum(counts) or len(flags) != 2 * len(identities):
+        raise ValueError("a packed batch that does not add up")
+    return _Prepared(now, rejected, indexes, customers, counts, identities, values, checks, token)
 
 
 def _prepare(region: str, now: float, batch: Sequence[NewCustomer]) -> _Prepared:
@@ -552,7 +686,7 @@ def _prepare(region: str, now: float, batch: Sequence[NewCustomer]) -> _Prepared
             rows.append(_check_row(index, item, now, region))
         except CustomerError as exc:
             rejected.append((index, str(exc)))
-    return _Prepared(rows, rejected, now)
+    return _Prepared.of_rows(rows, rejected, now)
 
 
 def _prepare_plain(
@@ -562,8 +696,13 @@ def _prepare_plain(
     checked and normalised (``PlainCustomer``), refusing only what the store limits (a field
     over 1000 characters, attributes that are no JSON object). With ``seen``, the identities it
     marks (maybe held already) are the only ones whose holders ``create_prepared`` looks up."""
-    rows: list[_Row] = []
     rejected: list[tuple[int, str]] = []
+    indexes: list[int] = []
+    customers: list[tuple[Any, ...]] = []
+    counts: list[int] = []
+    identities: list[tuple[Any, ...]] = []
+    values: list[tuple[Any, ...] | None] = []
+    scored = False
     checks: set[IdentityKey] = set()
     marked = None if seen is None else seen.seen
     ids = iter(_ID_CLOCK.ids(len(batch)))
@@ -579,27 +718,37 @@ def _prepare_plain(
         except CustomerError as exc:
             rejected.append((index, str(exc)))
             continue
-        if len(heads) == 1:
-            identity_rows = [(*heads[0], source, now, cid)]
+        count = 0
+        unique: set[tuple[str, str, str]] = set()
+        for head in heads:
+            key3 = head[:3]
+            if len(heads) > 1:
+                if key3 in unique:
+                    continue
+                unique.add(key3)
+            identities.append((*head, source, now, cid))
+            count += 1
+            if marked is not None and marked(key3):
+                checks.add(key3)
+        indexes.append(index)
+        customers.append((cid, name, *fields, encoded, source, key or None, now, now))
+        counts.append(count)
+        if score is None:
+            values.append(None)
         else:
-            unique: set[tuple[str, str, str]] = set()
-            identity_rows = []
-            for head in heads:
-                if head[:3] not in unique:
-                    unique.add(head[:3])
-                    identity_rows.append((*head, source, now, cid))
-        if marked is not None:
-            for identity in identity_rows:
-                key3 = identity[:3]
-                if marked(key3):
-                    checks.add(key3)
-        import_key = key or None
-        customer = (cid, name, *fields, encoded, source, import_key, now, now)
-        value = None if score is None else _imported_value(cid, score, source, now)
-        rows.append((index, import_key, customer, encoded, identity_rows, value))
-    if seen is None:
-        return _Prepared(rows, rejected, now)
-    return _Prepared(rows, rejected, now, checks, seen.token)
+            values.append(_imported_value(cid, score, source, now))
+            scored = True
+    return _Prepared(
+        now,
+        rejected,
+        indexes,
+        customers,
+        counts,
+        identities,
+        values if scored else None,
+        None if seen is None else checks,
+        None if seen is None else seen.token,
+    )
 
 
 class SQLiteStore(CustomerStore):
@@ -1249,16 +1398,17 @@ class SQLiteStore(CustomerStore):
 
     async def create_customers(self, batch: Sequence[NewCustomer]) -> BatchResult:
         now = self.clock()
-        prepared = _Prepared([], [], now)
+        rows: list[_Row] = []
+        rejected: list[tuple[int, str]] = []
         for index, item in enumerate(batch):
             try:
-                prepared.rows.append(_check_row(index, item, now, self.default_region))
+                rows.append(_check_row(index, item, now, self.default_region))
             except CustomerError as exc:
-                prepared.rejected.append((index, str(exc)))
+                rejected.append((index, str(exc)))
             if index % 256 == 255:
                 # ~25 us a row: let pops and the bus through between slices of a large batch.
                 await asyncio.sleep(0)
-        return await self.create_prepared(prepared)
+        return await self.create_prepared(_Prepared.of_rows(rows, rejected, now))
 
     def batch_preparer(self) -> Callable[[Sequence[NewCustomer]], object]:
         return functools.partial(_prepare, self.default_region, self.clock())
@@ -1312,8 +1462,8 @@ class SQLiteStore(CustomerStore):
         if not isinstance(prepared, _Prepared):
             # What the base class's default preparer returns: the batch itself.
             return await self.create_customers(cast("Sequence[NewCustomer]", prepared))
-        rows, rejected = prepared.rows, prepared.rejected
-        if not rows:
+        rejected = prepared.rejected
+        if not prepared.indexes:
             return BatchResult(rejected=tuple(rejected))
         result = await self._run(self._create_customers, prepared)
         return BatchResult(
@@ -1326,11 +1476,11 @@ class SQLiteStore(CustomerStore):
     def _create_customers(self, conn: sqlite3.Connection, prepared: _Prepared) -> BatchResult:
         """Store the batch's rows: a row whose key exists (stored, or earlier in the batch)
         updates that profile, the others become the profiles their rows were prepared as."""
-        rows, now = prepared.rows, prepared.now
+        customers = prepared.customers
         with _transaction(conn):
             checks = self._trusted_checks(conn, prepared)
             # Keys already stored (a re-run) or repeated within the batch update one profile.
-            keys = [row[1] for row in rows if row[1] is not None]
+            keys = [customer[10] for customer in customers if customer[10] is not None]
             known: dict[str, str] = {}
             for chunk in _chunks(keys):
                 for key, cid in conn.execute(
@@ -1341,15 +1491,19 @@ class SQLiteStore(CustomerStore):
                     known[key] = cid
             if not known and len(set(keys)) == len(keys):
                 # An import's common case: every row a new profile, as prepared.
-                ids = [row[2][0] for row in rows]
-                holders = self._holders(conn, rows, checks)
-                self._insert_customers(conn, [row[2] for row in rows])
-                conn.executemany(_IDENTITY_INSERT, [identity for row in rows for identity in row[4]])
-                self._insert_values(conn, [row[5] for row in rows if row[5] is not None])
-                duplicates = self._duplicates(rows, ids, holders, checks)
+                ids = [customer[0] for customer in customers]
+                identities = prepared.identities
+                holders = self._holders(conn, identities, checks)
+                self._insert_customers(conn, list(customers))
+                conn.executemany(_IDENTITY_INSERT, identities)
+                if prepared.values is not None:
+                    self._insert_values(conn, [value for value in prepared.values if value is not None])
+                duplicates = self._duplicates(
+                    prepared.indexes, prepared.counts, identities, ids, holders, only=checks
+                )
                 self._filter_written(conn)
                 return BatchResult(created=tuple(ids), duplicates=tuple(duplicates))
-            result = self._merge_rows(conn, rows, known, now)
+            result = self._merge_rows(conn, prepared.rows(), known, prepared.now)
             self._filter_written(conn)
             return result
 
@@ -1372,7 +1526,7 @@ class SQLiteStore(CustomerStore):
                 ids.append(new_id)
                 existing.append(False)
         # Other holders of the batch's identities, stored or earlier in this batch.
-        holders = self._holders(conn, rows)
+        holders = self._holders(conn, [identity for row in rows for identity in row[4]])
         new_customers: list[tuple[Any, ...]] = []
         pending: set[str] = set()  # created, not yet inserted
         fresh: set[str] = set()  # created by this batch
@@ -1410,25 +1564,32 @@ class SQLiteStore(CustomerStore):
         self._insert_customers(conn, new_customers)
         conn.executemany(_IDENTITY_INSERT, new_identities)
         self._insert_values(conn, values)
-        duplicates = self._duplicates(rows, ids, holders)
+        duplicates = self._duplicates(
+            [row[0] for row in rows], [len(row[4]) for row in rows], new_identities, ids, holders
+        )
         return BatchResult(created=tuple(created), updated=tuple(updated), duplicates=tuple(duplicates))
 
     @staticmethod
     def _duplicates(
-        rows: list[_Row],
+        indexes: list[int],
+        counts: list[int],
+        identities: list[tuple[Any, ...]],
         ids: list[str],
         holders: dict[tuple[str, str, str], list[str]],
+        *,
         only: set[IdentityKey] | None = None,
     ) -> list[tuple[int, Identity, tuple[str, ...]]]:
-        """(index, identity, other holders) of the rows' identities that other profiles hold,
+        """(index, identity, other holders) of the rows' identities (``counts[n]`` of
+        ``identities`` for row ``n``, whose profile is ``ids[n]``) that other profiles hold,
         stored (``holders``) or earlier in the batch; not for identities marked shared. With
         ``only``, the other keys are known to be new and held once in the batch: skipped."""
         duplicates: list[tuple[int, Identity, tuple[str, ...]]] = []
         first: dict[tuple[str, str, str], str] = {}  # the batch's first holder, when no other
         if only is not None and not only:
             return duplicates
-        for (index, _, _, _, identity_rows, _), cid in zip(rows, ids, strict=True):
-            for identity in identity_rows:
+        at = 0
+        for index, count, cid in zip(indexes, counts, ids, strict=True):
+            for identity in identities[at : at + count]:
                 key = identity[:3]
                 if only is not None and key not in only:
                     continue
@@ -1444,6 +1605,7 @@ class SQLiteStore(CustomerStore):
                     duplicates.append((index, row_identity(identity), others))
                 if cid not in owners:
                     owners.append(cid)
+            at += count
         return duplicates
 
     @staticmethod
@@ -1485,14 +1647,12 @@ class SQLiteStore(CustomerStore):
 
     @staticmethod
     def _holders(
-        conn: sqlite3.Connection, rows: list[_Row], only: set[IdentityKey] | None = None
+        conn: sqlite3.Connection, identities: list[tuple[Any, ...]], only: set[IdentityKey] | None = None
     ) -> dict[tuple[str, str, str], list[str]]:
-        """Stored holders of the rows' (kind, system, value) identities (with ``only``: of those
+        """Stored holders of the (kind, system, value) of ``identities`` (with ``only``: of those
         keys), one IN list per (kind, system)."""
         by_scope: dict[tuple[str, str], set[str]] = {}
-        keys: Iterable[Sequence[Any]] = (
-            (identity for row in rows for identity in row[4]) if only is None else only
-        )
+        keys: Iterable[Sequence[Any]] = identities if only is None else only
         for kind, system, value, *_ in keys:
             scope = by_scope.get((kind, system))
             if scope is None:

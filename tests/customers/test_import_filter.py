@@ -4,6 +4,7 @@ up every one; another writer during the import turns the filter off."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import sqlite3
 from contextlib import closing
@@ -177,3 +178,35 @@ def test_a_clear_bit_proves_a_key_new() -> None:
     keys = [("phone", "", f"+1415555{n:04d}") for n in range(1000)]
     assert [seen.seen(key) for key in keys].count(True) < 20  # only collisions, ~0.1%
     assert all(seen.seen(key) for key in keys)
+
+
+def test_a_prepared_batch_crosses_the_process_boundary_whole() -> None:
+    """A worker's batch is pickled as one string (``_pack``); the writer gets every parameter back
+    as it was, or the plain pickle when the text holds the separator or the rows differ in shape."""
+    batch = [plain(f"t:{n}", f"+1415555{n:04d}") for n in range(5)]
+    batch[1] = (*batch[1][:4], (*batch[1][4], ("email", "", "a@b.c", "A@b.c", "home", "", 1, 0)), 42.0)
+    batch[2] = ("t:2", "x" * 1001, *batch[2][2:])  # refused by the store
+    unusual = ("t:9", "Tab\x1fbed", *batch[0][2:])
+    store = SQLiteStore(":memory:")
+    seen = IdentityFilter(100, "tok")
+    for rows, how in ((batch, "_unpack"), ([*batch, unusual], "_Prepared")):
+        prepared = store.plain_preparer("import:t")(rows, seen)
+        assert prepared.__reduce__()[0].__name__ == how
+        again = pickle.loads(pickle.dumps(prepared))
+        assert type(again) is type(prepared)
+        for name in (
+            "now",
+            "rejected",
+            "indexes",
+            "customers",
+            "counts",
+            "identities",
+            "values",
+            "checks",
+            "token",
+        ):
+            assert getattr(again, name) == getattr(prepared, name), name
+        assert [type(value) for value in again.identities[0]] == [
+            type(value) for value in prepared.identities[0]
+        ]
+    assert len(prepared.rejected) == 1 and prepared.values is not None
