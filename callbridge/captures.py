@@ -25,6 +25,7 @@ LAB_FIXTURES = CHECKOUT_ROOT.parent / "shared" / "fixtures" / "asterisk"
 
 DEMO_SCENARIOS = (
     "queue_answered",
+    "ivr_queue_answered",
     "queue_ring_noanswer_then_answer",
     "queue_abandon",
     "hold_moh",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,9 +79,10 @@ async def running(
     jane: bool = True,
     configure: Callable[[Settings], Settings] = lambda s: s,
     hold_at: float | None = None,
+    capture: str = "queue_answered",
 ) -> AsyncIterator[Running]:
-    """The service on the fake PBX replaying ``queue_answered``, Alice's and Bob's pages logged in
-    and connected; the replay starts once they are (and holds at capture time ``hold_at``)."""
+    """The service on the fake PBX replaying ``capture``, Alice's and Bob's pages logged in and
+    connected; the replay starts once they are (and holds at capture time ``hold_at``)."""
     db = tmp_path / "customers.db"
     ids = {}
     async with SQLiteStore(db) as store:
@@ -96,7 +98,7 @@ async def running(
         dataclasses.replace(a, password_hash=hash_password(PASSWORDS[a.id])) if a.id in PASSWORDS else a
         for a in base.agents
     )
-    async with FakePBX(["queue_answered"], speed=5.0) as pbx:
+    async with FakePBX([capture], speed=5.0) as pbx:
         pbx.pause_replay(at=0.001)
         settings = configure(
             dataclasses.replace(
@@ -399,3 +401,39 @@ async def test_a_failed_resume_is_tried_again_once_the_pbx_is_back(tmp_path: Pat
         await restart
         actions = await wait_for_actions(run.pbx, "QueuePause", 2)
         assert [pause_fields(a)[1] for a in actions] == ["true", "false"]
+
+
+@pytest.mark.parametrize("mask", [False, True])
+async def test_a_caller_from_the_ivr_pops_with_what_they_keyed_in(tmp_path: Path, mask: bool) -> None:
+    """``ivr_queue_answered``: Jane keys ``2`` and ``4155`` into the lab's FastAGI IVR, which
+    queues her on support; Alice's pop (and its replay to a new tab) carries the digits and the
+    IVR's steps, or dots and no read-back values with ``screenpop.mask_ivr_input``."""
+
+    def configure(settings: Settings) -> Settings:
+        return dataclasses.replace(
+            settings, screenpop=dataclasses.replace(settings.screenpop, mask_ivr_input=mask)
+        )
+
+    async with running(tmp_path, capture="ivr_queue_answered", configure=configure) as run:
+        pop = await run.pages["agent1"].next("pop")
+        ivr = pop["facts"]["ivr"]
+        assert pop["payload"]["customer"]["id"] == run.customers["jane"]
+        assert pop["facts"]["queue"] == "support"
+        assert ivr["script"] == "agi://127.0.0.1:4573/ivr?lang=en" and ivr["left_at"] is not None
+        if mask:
+            assert ivr["digits"] == "\u2022" * 5
+            assert ivr["steps"][2:] == [
+                "SET VARIABLE IVR_ACCOUNT \u2022\u2022\u2022",
+                "EXEC Queue support,,,,60",
+            ]
+            assert run.service.pops is not None
+            (replayed,) = run.service.pops.tracker.live_pops("agent1")
+            assert "4155" not in json.dumps(replayed.facts["ivr"])
+        else:
+            assert ivr["digits"] == "24155"
+            assert ivr["steps"] == [
+                "GET DATA beep 6000 1",
+                "GET DATA beep 4000 4",
+                "SET VARIABLE IVR_ACCOUNT 4155",
+                "EXEC Queue support,,,,60",
+            ]
