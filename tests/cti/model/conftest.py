@@ -35,6 +35,7 @@ MODEL_CAPTURES = (
     "ivr_agi",
     "ivr_agi_hangup",
     "ivr_async_agi",
+    "ivr_queue_answered",
     "load_50",
     "queue_member_admin",
     "actions",

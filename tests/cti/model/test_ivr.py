@@ -106,3 +106,18 @@ def test_async_agi(replay: ReplayFactory) -> None:
     assert call.ivr.left_at - call.ivr.entered_at > 2.0
     assert call.ivr.steps == ('STREAM FILE beep ""', "SET VARIABLE IVR_CHOICE 1", "WAIT FOR DIGIT 1000")
     assert call.ivr.digits == ""
+
+
+def test_from_the_ivr_into_a_queue(replay: ReplayFactory) -> None:
+    """``ivr_queue_answered``: the IVR runs ``EXEC Queue``; QueueCallerJoin takes the call out of
+    the IVR with what was keyed in so far; the ``#`` keyed after the agent answered is not part
+    of the visit (nor are the copies relayed to the agent's channels)."""
+    result = replay("ivr_queue_answered")
+    call = result.only_call()
+    flow = [c.call.state for c in result.call_events()]
+    assert CallState.IVR in flow and CallState.QUEUED in flow
+    assert flow.index(CallState.IVR) < flow.index(CallState.QUEUED) < flow.index(CallState.CONNECTED)
+    assert (call.queue, call.agent, call.answered) == ("support", "agent1", True)
+    assert call.ivr is not None and call.ivr.digits == "24155"
+    assert call.ivr.steps[-2:] == ("SET VARIABLE IVR_ACCOUNT 4155", "EXEC Queue support,,,,60")
+    assert call.queued_at is not None and call.ivr.left_at == call.queued_at
