@@ -107,6 +107,13 @@ def test_texts_the_search_leaves_to_the_parser() -> None:
         ":Event: A\r\nUniqueid: 2",
         "Event: \u0130\r\nuniqueid: 1\r\nUNIQUEID: 2",
         "Event: A\r\nCaller: J\u00e9r\u00f4me\r\nuniqueid: 3",
+        "Event: A\r\nDestUniqueid: 1\r\nUniqueid: 2",
+        "Event: A\r\nData: x Uniqueid: 3\r\nUniqueid: 4",
+        "Event: A\r\nFoo:Uniqueid: 5\r\nUniqueid: 6",
+        "Event: A\r\n::Uniqueid: 7\r\nUniqueid: 8",
+        "Event: A\r\nUniqueid: 9\nX: 1\r\nUniqueid: 10",
+        "Event: A\r\nUniqueid: 11\rX: 1",
+        "Uniqueid: 12\r\nuniqueid: 13",
     ]
     for text in cases:
         for key in ("Uniqueid", "uniqueid", "Event", "event", "Caller", "CALLER", "\u212aey"):
