@@ -18,7 +18,7 @@ from aiohttp import web as aiohttp_web
 
 from callbridge.agents import AgentDirectory, agent_names
 from callbridge.bus import Bus, Lagged, Subscription
-from callbridge.console import format_change
+from callbridge.console import ChangeLines
 from callbridge.pops import PopPipeline
 from callbridge.settings import Settings
 from cti.ami.client import AMIClient
@@ -164,30 +164,34 @@ class Service:
         await self.stop()
 
     async def _log_changes(self, subscription: Subscription) -> None:
-        """One INFO line per call, agent or queue lifecycle change.
+        """One INFO line per call change, and per agent or queue change that moved what the
+        line says (``ChangeLines``: a device state that repeats the agent's status, a queue
+        answer that leaves its count as it was, say nothing new).
 
-        A call is ~15 lines (its changes, its agent's and its queue's), so this runs thousands of
-        times a second on a busy PBX: what is queued is taken without awaiting between items, and
-        the record is made without ``Logger.info``'s stack walk (``findCaller``). The lines, their
-        order, level, logger and ``extra`` ids are what ``log.info`` made."""
+        A call is ~11 such lines (its changes, its agent's and its queue's), so this runs
+        thousands of times a second on a busy PBX: what is queued is taken without awaiting
+        between items, and the record is made without ``Logger.info``'s stack walk
+        (``findCaller``). The lines, their order, level, logger and ``extra`` ids are what
+        ``log.info`` made."""
+        lines = ChangeLines()
         with subscription:
             async for event in subscription:
-                _log_change(event)
+                _log_change(event, lines)
                 while (event := subscription.get_nowait()) is not None:
-                    _log_change(event)
+                    _log_change(event, lines)
 
 
 _LOG_CALLER = (__file__, Service._log_changes.__code__.co_firstlineno, "_log_changes")
 """Where a call-log record says it was made: the subscriber (``findCaller`` is skipped)."""
 
 
-def _log_change(event: object) -> None:
+def _log_change(event: object, lines: ChangeLines) -> None:
     if isinstance(event, Lagged):
         log.warning("call log fell behind; %d changes not logged", event.dropped)
         return
     if not log.isEnabledFor(logging.INFO):
         return
-    line = format_change(event)
+    line = lines(event)
     if line is None:
         return
     path, lineno, func = _LOG_CALLER
