@@ -1,7 +1,8 @@
 """The model's own mutable records; snapshots (``cti.model.snapshots``) are built from them.
 
 Handlers mutate records in place: building a frozen snapshot for every message would cost more
-than parsing it. A record builds its snapshot only when a change is reported or read.
+than parsing it. A record builds its snapshot only when a change is reported or read, in a
+draft of the snapshot's class (``cti.model.snapshots.draft_class``) that then becomes frozen.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from cti.model.snapshots import (
     Membership,
     Queue,
     Transfer,
+    draft_class,
+    freeze,
+    new_draft,
 )
+
+_LegDraft = draft_class(Leg)
+_CallDraft = draft_class(Call)
+_AgentDraft = draft_class(Agent)
+_QueueDraft = draft_class(Queue)
 
 
 class LegRecord:
@@ -70,26 +79,27 @@ class LegRecord:
     def snapshot(self) -> Leg:
         snap = self.snap
         if snap is None:
-            snap = self.snap = Leg(
-                uniqueid=self.uid,
-                channel=self.channel,
-                device=self.device,
-                state=self.state,
-                caller_num=self.num,
-                caller_name=self.name,
-                connected_num=self.connected_num,
-                connected_name=self.connected_name,
-                context=self.context,
-                exten=self.exten,
-                answered=self.answered,
-                bridge=self.bridge,
-                local_peer=self.peer,
-                agent=self.agent,
-                created_at=self.created_at,
-                ended_at=self.ended_at,
-                hangup_cause=self.cause,
-                hangup_cause_text=self.cause_text,
-            )
+            draft = new_draft(_LegDraft)
+            draft.uniqueid = self.uid
+            draft.channel = self.channel
+            draft.device = self.device
+            draft.state = self.state
+            draft.caller_num = self.num
+            draft.caller_name = self.name
+            draft.connected_num = self.connected_num
+            draft.connected_name = self.connected_name
+            draft.context = self.context
+            draft.exten = self.exten
+            draft.answered = self.answered
+            draft.bridge = self.bridge
+            draft.local_peer = self.peer
+            draft.agent = self.agent
+            draft.created_at = self.created_at
+            draft.ended_at = self.ended_at
+            draft.hangup_cause = self.cause
+            draft.hangup_cause_text = self.cause_text
+            freeze(draft, "__class__", Leg)
+            snap = self.snap = draft
         return snap
 
 
@@ -214,43 +224,45 @@ class CallRecord:
 
     def snapshot(self, queue_position: int | None = None) -> Call:
         outbound = self.direction == "outbound"
-        return Call(
-            id=self.id,
-            state=self.state,
-            direction=self.direction,
-            caller_num=self.num,
-            caller_name=self.name,
-            dialed=self.dialed,
-            remote_num=self.dialed if outbound else self.num,
-            remote_name=None if outbound else self.name,
-            queue=self.queue,
-            queue_position=queue_position,
-            agent=self.agent,
-            agent_interface=self.agent_interface,
-            ringing_agents=tuple(leg.agent for leg in self.ringing.values() if leg.agent is not None),
-            agents=tuple(self.agents),
-            transfers=tuple(self.transfers),
-            held=self.held,
-            hold_count=self.hold_count,
-            ivr=self.ivr,
-            variables=dict(self.variables),
-            legs=tuple(leg.snapshot() for leg in self.legs.values()),
-            started_at=self.started_at,
-            customer_answered_at=self.customer_answered_at,
-            queued_at=self.queued_at,
-            ringing_at=self.ringing_at,
-            answered_at=self.answered_at,
-            ended_at=self.ended_at,
-            abandoned=self.abandoned,
-            wait_time=self.wait_time,
-            talk_time=self.talk_time,
-            dial_status=self.dial_status,
-            hangup_cause=self.cause,
-            hangup_cause_text=self.cause_text,
-            ended_by=self.ended_by,
-            end_reason=self.end_reason,
-            originate_id=self.originate_id,
-        )
+        draft = new_draft(_CallDraft)
+        draft.id = self.id
+        draft.state = self.state
+        draft.direction = self.direction
+        draft.caller_num = self.num
+        draft.caller_name = self.name
+        draft.dialed = self.dialed
+        draft.remote_num = self.dialed if outbound else self.num
+        draft.remote_name = None if outbound else self.name
+        draft.queue = self.queue
+        draft.queue_position = queue_position
+        draft.agent = self.agent
+        draft.agent_interface = self.agent_interface
+        draft.ringing_agents = tuple([leg.agent for leg in self.ringing.values() if leg.agent is not None])
+        draft.agents = tuple(self.agents)
+        draft.transfers = tuple(self.transfers)
+        draft.held = self.held
+        draft.hold_count = self.hold_count
+        draft.ivr = self.ivr
+        draft.variables = dict(self.variables)
+        draft.legs = tuple([leg.snapshot() for leg in self.legs.values()])
+        draft.started_at = self.started_at
+        draft.customer_answered_at = self.customer_answered_at
+        draft.queued_at = self.queued_at
+        draft.ringing_at = self.ringing_at
+        draft.answered_at = self.answered_at
+        draft.ended_at = self.ended_at
+        draft.abandoned = self.abandoned
+        draft.wait_time = self.wait_time
+        draft.talk_time = self.talk_time
+        draft.dial_status = self.dial_status
+        draft.hangup_cause = self.cause
+        draft.hangup_cause_text = self.cause_text
+        draft.ended_by = self.ended_by
+        draft.end_reason = self.end_reason
+        draft.originate_id = self.originate_id
+        freeze(draft, "__class__", Call)
+        snap: Call = draft
+        return snap
 
 
 class AgentRecord:
@@ -314,26 +326,32 @@ class AgentRecord:
         return ringing
 
     def snapshot(self) -> Agent:
-        paused = tuple(q for q, m in self.memberships.items() if m.paused)
-        reason = next(
-            (m.paused_reason for m in self.memberships.values() if m.paused and m.paused_reason), None
-        )
-        return Agent(
-            id=self.id,
-            status=self.status,
-            name=self.name,
-            interfaces=tuple(self.interfaces),
-            state_interface=self.state_interface,
-            paused_reason=reason,
-            paused_queues=paused,
-            queues=tuple(self.memberships),
-            memberships=tuple(self.memberships.values()),
-            call_id=self.call_id(),
-            device_state=self.device_state,
-            status_since=self.status_since,
-            wrapup_until=self.wrapup_until,
-            answered_calls=self.answered_calls,
-        )
+        memberships = self.memberships
+        draft = new_draft(_AgentDraft)
+        draft.id = self.id
+        draft.status = self.status
+        draft.name = self.name
+        draft.interfaces = tuple(self.interfaces)
+        draft.state_interface = self.state_interface
+        paused: list[str] = []
+        reason = None
+        for queue, membership in memberships.items():
+            if membership.paused:
+                paused.append(queue)
+                if reason is None and membership.paused_reason:
+                    reason = membership.paused_reason
+        draft.paused_reason = reason
+        draft.paused_queues = tuple(paused)
+        draft.queues = tuple(memberships)
+        draft.memberships = tuple(memberships.values())
+        draft.call_id = self.call_id()
+        draft.device_state = self.device_state
+        draft.status_since = self.status_since
+        draft.wrapup_until = self.wrapup_until
+        draft.answered_calls = self.answered_calls
+        freeze(draft, "__class__", Agent)
+        snap: Agent = draft
+        return snap
 
 
 class QueueRecord:
@@ -350,12 +368,14 @@ class QueueRecord:
         self.snap: Queue | None = None
 
     def snapshot(self) -> Queue:
-        return Queue(
-            name=self.name,
-            strategy=self.strategy,
-            members=tuple(self.members),
-            waiting=tuple(self.waiting),
-            answered=self.answered,
-            abandoned=self.abandoned,
-            wrapup=self.wrapup,
-        )
+        draft = new_draft(_QueueDraft)
+        draft.name = self.name
+        draft.strategy = self.strategy
+        draft.members = tuple(self.members)
+        draft.waiting = tuple(self.waiting)
+        draft.answered = self.answered
+        draft.abandoned = self.abandoned
+        draft.wrapup = self.wrapup
+        freeze(draft, "__class__", Queue)
+        snap: Queue = draft
+        return snap

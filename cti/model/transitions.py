@@ -27,9 +27,19 @@ from cti.model.devices import (
     local_peer_name,
 )
 from cti.model.records import AgentRecord, CallRecord, LegRecord, QueueRecord
-from cti.model.snapshots import Call, CallState, IvrVisit, Membership, Transfer
+from cti.model.snapshots import (
+    Call,
+    CallState,
+    IvrVisit,
+    Membership,
+    Transfer,
+    draft_class,
+    freeze,
+    new_draft,
+)
 
 Out = list[ModelChange]
+_MembershipDraft = draft_class(Membership)
 _DEVICE_STATES = {
     "0": "unknown",
     "1": "not_inuse",
@@ -614,16 +624,17 @@ class ModelState:
         paused = msg.get("Paused") == "1"
         reason = msg.get("PausedReason") or None
         ringinuse = msg.get("Ringinuse")
-        membership = Membership(
-            queue=queue.name,
-            interface=msg.get("Interface") or msg.get("Location") or "",
-            state_interface=msg.get("StateInterface"),
-            penalty=parse_int(msg.get("Penalty")),
-            paused=paused,
-            paused_reason=reason if paused else None,
-            ringinuse=(ringinuse == "1") if ringinuse is not None else (old.ringinuse if old else None),
-            membership=msg.get("Membership") or (old.membership if old else "static"),
-        )
+        draft = new_draft(_MembershipDraft)
+        draft.queue = queue.name
+        draft.interface = msg.get("Interface") or msg.get("Location") or ""
+        draft.state_interface = msg.get("StateInterface")
+        draft.penalty = parse_int(msg.get("Penalty"))
+        draft.paused = paused
+        draft.paused_reason = reason if paused else None
+        draft.ringinuse = (ringinuse == "1") if ringinuse is not None else (old.ringinuse if old else None)
+        draft.membership = msg.get("Membership") or (old.membership if old else "static")
+        freeze(draft, "__class__", Membership)
+        membership: Membership = draft
         agent.memberships[queue.name] = membership
         status = msg.get("Status")
         device_state = _DEVICE_STATES.get(status, agent.device_state) if status else agent.device_state
