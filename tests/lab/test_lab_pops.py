@@ -1,6 +1,6 @@
 """Screen-pops against the real Asterisk 22: a call originated into a queue pops at the agent whose
-device rings, and only there; it is retracted when the caller hangs up; a caller who came through
-the IVR (a FastAGI script served here) pops with what they keyed in."""
+device rings, and only there; it is retracted when another agent answers or the caller hangs up;
+a caller who came through the IVR (a FastAGI script served here) pops with what they keyed in."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ from customers.sqlite_store import SQLiteStore
 from screenpop import hash_password
 
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORDS = {"agent1": "alice-pw-0001", "agent2": "bob-pw-0002", "noanswer": "nora-pw-0003"}
+PASSWORDS = {
+    "agent1": "alice-pw-0001",
+    "agent2": "bob-pw-0002",
+    "noanswer": "nora-pw-0003",
+    "agent5": "eve-pw-0005",
+}
 
 pytestmark = pytest.mark.lab
 
@@ -135,6 +140,43 @@ async def test_the_pop_is_retracted_when_the_caller_hangs_up_while_it_rings(
     assert retract["pop_id"] == pop["pop_id"] and retract["reason"] == "caller_hung_up"
     with pytest.raises(TimeoutError):
         await sockets["agent2"].receive(timeout=0.3)
+
+
+async def test_a_ringall_pop_is_retracted_at_the_agent_who_did_not_answer(
+    pages: tuple[Service, dict[str, aiohttp.ClientWebSocketResponse]],
+) -> None:
+    """billing rings all its members: Eve (agent5) and, added for this test, Alice. Both pop;
+    the one who answers first gets ``answered``, the other's pop goes with ``answered_elsewhere``."""
+    service, sockets = pages
+    member = {"Queue": "billing", "Interface": "Local/agent1@agents/n"}
+    added = await service.client.send_action(
+        "QueueAdd", member | {"MemberName": "Alice Agent", "StateInterface": "Local/agent1@agents"}
+    )
+    assert added.ok, added.message
+    try:
+        await originate(service, "8005550102", '"Jane Doe" <+14155550123>', hold=6)
+        alice, eve = await asyncio.gather(
+            receive(sockets["agent1"], "pop"), receive(sockets["agent5"], "pop")
+        )
+        assert alice["call_id"] == eve["call_id"] and alice["facts"]["queue"] == "billing"
+        assert alice["payload"]["customer"]["display_name"] == "Jane Doe"
+
+        async def outcome(agent: str) -> dict[str, Any]:
+            async with asyncio.timeout(20):
+                while True:
+                    message: dict[str, Any] = await sockets[agent].receive_json()
+                    if message["type"] in ("retract", "update"):
+                        return message
+
+        outcomes = await asyncio.gather(outcome("agent1"), outcome("agent5"))
+        results = dict(zip(("agent1", "agent5"), outcomes, strict=True))
+        kinds = sorted((m["type"], m.get("reason")) for m in results.values())
+        assert kinds == [("retract", "answered_elsewhere"), ("update", "answered")], results
+        loser = next(a for a, m in results.items() if m["type"] == "retract")
+        assert results[loser]["pop_id"] == (alice if loser == "agent1" else eve)["pop_id"]
+    finally:
+        removed = await service.client.send_action("QueueRemove", member)
+        assert removed.ok, removed.message
 
 
 class IvrScript:
