@@ -18,6 +18,7 @@ from callbridge.settings import load_settings
 from cti.asterisk import PBXResynced
 from customers.sqlite_store import SQLiteStore
 from screenpop import hash_password
+from tests.cti.model.record_ivr_queue import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORDS = {
@@ -183,15 +184,6 @@ class IvrScript:
     """The lab's FastAGI IVR (``[ivr]`` runs ``AGI(agi://127.0.0.1:4573/ivr?lang=en)``): asks for a
     menu choice and an account number, sets the account, then queues the caller on ``support``."""
 
-    COMMANDS = (
-        "ANSWER",
-        "VERBOSE ivr-start 1",
-        "GET DATA beep 6000 1",
-        "GET DATA beep 4000 4",
-        "SET VARIABLE IVR_ACCOUNT 4155",
-        "EXEC Queue support,,,,60",
-    )
-
     def __init__(self) -> None:
         self.replies: list[str] = []
         self.done = asyncio.Event()
@@ -200,7 +192,7 @@ class IvrScript:
         try:
             while (await reader.readline()).strip():
                 pass  # the agi_ environment block
-            for command in self.COMMANDS:
+            for command in COMMANDS:
                 writer.write(f"{command}\n".encode())
                 await writer.drain()
                 reply = (await reader.readline()).decode().strip()

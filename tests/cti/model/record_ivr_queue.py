@@ -1,9 +1,9 @@
 """Record an IVR caller who is then queued, against the lab Asterisk (not a test).
 
-    python tests/cti/model/record_ivr_queue.py NAME OUT_DIR
+    python -m tests.cti.model.record_ivr_queue NAME OUT_DIR
 
-Serves the lab's FastAGI IVR on 127.0.0.1:4573 with the script of ``tests/lab/test_lab_pops.py``
-(``GET DATA`` for a menu choice and an account, ``SET VARIABLE IVR_ACCOUNT``, ``EXEC Queue
+Serves the lab's FastAGI IVR on 127.0.0.1:4573 (``COMMANDS``, which ``tests/lab/test_lab_pops.py``
+serves too: ``GET DATA`` for a menu choice and an account, ``SET VARIABLE IVR_ACCOUNT``, ``EXEC Queue
 support``), originates ``Local/pstn@callers-ivr`` into ``ivr,s`` as ``"Jane Doe"
 <+14155550123>`` with ``AGENT_TALK=4`` (the agent hangs up 4 s after answering), and records the
 AMI session as ``record_click_to_dial.record`` does.
@@ -16,9 +16,9 @@ import sys
 import threading
 from pathlib import Path
 
-from record_click_to_dial import Fields, record  # type: ignore[import-not-found]
+from tests.cti.model.record_click_to_dial import Fields, record
 
-COMMANDS = (
+COMMANDS = (  # the IVR, one AGI command after another
     "ANSWER",
     "VERBOSE ivr-start 1",
     "GET DATA beep 6000 1",
