@@ -182,6 +182,7 @@ class MessageReader:
         max_message = self.max_message
         max_line = self.max_line
         kinds = _KINDS
+        event = MessageKind.EVENT
         append = out.append
         offset = self._offset
         for frame in frames:
@@ -201,6 +202,12 @@ class MessageReader:
                 text = frame.decode("utf-8")
             except UnicodeDecodeError:
                 text = ""
+            if text[:7] == "Event: ":
+                # Nine messages in ten: the name is the rest of the first line.
+                end = text.find("\r\n", 7)
+                append(Message(text, event, text[7:] if end < 0 else text[7:end]))
+                offset += size + 4
+                continue
             key, _, rest_of_text = text.partition(": ")
             kind = kinds.get(key)
             if kind is None or (
