@@ -191,21 +191,50 @@ class Message:
 
     def get_all(self, key: str) -> list[str]:
         """Every value of ``key`` in the order Asterisk sent them (empty if absent)."""
+        # The hot path (ChanVariable on every channel event): Rule 3 for the key as written,
+        # inlined; any case, and what the search cannot settle, below.
+        head = _HEADS.get(key)
+        if head is None:
+            head = _head(key)
+        if head:
+            text = self.text
+            found = text.find(head)
+            values: list[str] | None = []
+            while found >= 0 and values is not None:
+                if found:
+                    before = text[found - 1]
+                    if before not in "\r\n":  # one character: not a header's start
+                        if before == ":":
+                            values = None
+                        found = text.find(head, found + 1)
+                        continue
+                start = found + len(head)
+                if text[start : start + 1] == " ":
+                    start += 1
+                end = text.find("\r\n", start)
+                value = text[start:] if end < 0 else text[start:end]
+                if "\r" in value or "\n" in value:
+                    values = None
+                else:
+                    values.append(value)
+                    found = text.find(head, end) if end >= 0 else -1
+            if values:
+                return values
         spelling, found = self._find(key)
         if found == -1:
             return []
-        values: list[str] = []
         if found >= 0:
             # Each header with exactly the spelling found, in order.
             head = spelling + ":"
+            spelt: list[str] = []
             while found >= 0:
-                value = self._value(found, spelling)
-                if value is None:
+                checked = self._value(found, spelling)
+                if checked is None:
                     break
-                values.append(value)
+                spelt.append(checked)
                 found = _header_start(self.text, head, found + 1)
             if found == -1:
-                return values
+                return spelt
         real = self._key(key)
         if real is None:
             return []
