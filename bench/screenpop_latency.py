@@ -1039,11 +1039,14 @@ def figures(phase: Phase) -> Figures:
 def line(phase: Phase, f: Figures) -> str:
     t = phase.tally
     cpu = phase.window.server_cpu / phase.window.wall if phase.window.wall else float("nan")
+    calls = f.count + f.lost
+    per_call = phase.window.server_cpu / calls * 1e3 if calls else float("nan")
     return (
         f"  {phase.label:<11} pops {f.count:>6,}  p50 {f.p50 * 1e3:7.2f} ms  p99 {f.p99 * 1e3:7.2f} ms"
         f"  max {f.max * 1e3:7.2f} ms   lost {f.lost}  misrouted {t.misrouted}  duplicates {t.duplicates}"
         f"  wrong customer {t.wrong_customer}   server CPU {phase.window.server_cpu:.1f} s"
-        f" / {phase.window.wall:.1f} s = {cpu:.0%} of a core (load process {phase.window.load_cpu:.1f} s)"
+        f" / {phase.window.wall:.1f} s = {cpu:.0%} of a core, {per_call:.2f} ms a call"
+        f" (load process {phase.window.load_cpu:.1f} s)"
     )
 
 
