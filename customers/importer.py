@@ -25,6 +25,13 @@ Rule 4. The checkpoint is written after the batch it covers is committed and aft
 Rule 5. A record that cannot be parsed (bad CSV quoting, a line that is not a JSON object, bytes
   that are not in the file's encoding) is rejected alone: a quoted field left open swallows at most
   ``max_record_lines`` lines, after which reading restarts on the line after the one it opened on.
+Rule 6. Every stored identity that another profile holds is reported as a duplicate, whether the
+  holder was stored before the import or came from an earlier row of it. To spare the store a
+  holder look-up per identity, an ``IdentityFilter`` (the stored keys at the start, then every
+  key of every row in the file's order, kept where the rows are read) marks the identities that
+  may have a holder; the store looks up those only, and trusts the marks only while nobody else
+  has written to it since the filter was made (else it looks up every identity again, so a
+  holder added by a live service during the import is still found). Same findings either way.
 """
 
 from __future__ import annotations

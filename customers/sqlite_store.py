@@ -24,6 +24,11 @@ How it runs:
    takes a customer id follows it (merges re-point older merges, so it is one step).
 5. ``sqlite3`` errors leave as ``CustomerError``s: ``IntegrityError`` as ``Conflict``, others as
    ``StorageError``.
+6. An import's batch (``create_prepared``) looks up the other holders of only the identities its
+   ``IdentityFilter`` marked, and only while the writing connection's ``PRAGMA data_version``
+   (another connection committed) and ``total_changes`` (a write through this one) are what they
+   were after the filter's seeding or the import's last batch. Any other write turns the filter
+   off for good: from then on every identity's holders are looked up, as without a filter.
 """
 
 from __future__ import annotations

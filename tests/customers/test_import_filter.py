@@ -4,18 +4,27 @@ up every one; another writer during the import turns the filter off."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import pickle
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from customers.importer import ImportReport, import_file, mapping_from_dict
+from customers.importer import WORKER_MIN_BYTES, ImportReport, import_file, mapping_from_dict, read_state
 from customers.sqlite_store import SQLiteStore
 from customers.store import IdentityFilter, PlainCustomer
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = float(os.environ.get("CALLBRIDGE_TEST_TIMEOUT_UNIT", "1"))
 
 MAPPING = mapping_from_dict(
     {
@@ -210,3 +219,77 @@ def test_a_prepared_batch_crosses_the_process_boundary_whole() -> None:
             type(value) for value in prepared.identities[0]
         ]
     assert len(prepared.rejected) == 1 and prepared.values is not None
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "callbridge", "customers", *args],
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def mapping_yaml(path: Path) -> Path:
+    path.write_text(
+        "source: crm\nkey: id\ngiven_name: first\nfamily_name: last\n"
+        "phones: [{column: mobile, label: mobile}, {column: office, shared: true}]\n"
+        "emails: email\nmember: card\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+async def holders_of_duplicates(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    with closing(sqlite3.connect(path)) as conn:
+        key = dict(conn.execute("SELECT id, coalesce(import_key, display_name) FROM customers"))
+    async with SQLiteStore(path) as store:
+        found = await store.duplicate_identities(limit=100_000)
+    return sorted((i.kind.value, i.value, tuple(sorted(key[h] for h in holders))) for i, holders in found)
+
+
+def test_a_sigkilled_filtered_import_resumed_and_run_again_ends_as_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    """A real CLI import (worker process, filter, batches of 400) killed with SIGKILL mid-way,
+    resumed, then run again: the same customers, identities and duplicates as one import that
+    ran through, no profile twice."""
+    rows = 20_000
+    source = make_csv(tmp_path / "crm.csv", rows)
+    assert source.stat().st_size > WORKER_MIN_BYTES  # converted in a worker process
+    mapping = mapping_yaml(tmp_path / "crm.yaml")
+    whole, killed = tmp_path / "whole.db", tmp_path / "killed.db"
+    args = ["import", str(source), "--mapping", str(mapping), "--batch", "400", "--quiet"]
+    done = cli("--database", str(whole), *args, "--state", str(tmp_path / "whole.json"))
+    out, err = done.communicate(timeout=300 * UNIT)
+    assert done.returncode == 0, err
+
+    state_path = tmp_path / "killed.json"
+    proc = cli("--database", str(killed), *args, "--state", str(state_path))
+    try:
+        deadline = time.monotonic() + 180 * UNIT
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = read_state(state_path)
+            if state is not None and state["last_row"] >= rows // 3:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30 * UNIT)
+    assert proc.returncode == -signal.SIGKILL
+    state = read_state(state_path)
+    assert state is not None and not state["complete"] and state["last_row"] < rows
+
+    resumed = cli("--database", str(killed), *args, "--state", str(state_path), "--resume")
+    out, err = resumed.communicate(timeout=300 * UNIT)
+    assert resumed.returncode == 0, err
+    assert contents(killed) == contents(whole)
+    assert asyncio.run(holders_of_duplicates(killed)) == asyncio.run(holders_of_duplicates(whole))
+
+    again = cli("--database", str(killed), *args, "--state", str(state_path))
+    out, err = again.communicate(timeout=300 * UNIT)
+    assert again.returncode == 0, err
+    assert " created 0 " in out, out
+    assert contents(killed) == contents(whole)
