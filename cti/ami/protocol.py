@@ -123,6 +123,7 @@ class AMIClientProtocol:
         events = self._events
         pending = self._pending
         lists = self._lists
+        event = MessageKind.EVENT
         for item in items:
             if type(item) is not Message:
                 if type(item) is Banner:
@@ -130,7 +131,7 @@ class AMIClientProtocol:
                 events.append(item)
                 continue
             kind = item.kind
-            if kind is MessageKind.EVENT:
+            if kind is event:
                 if lists and "ActionID" in item.text:
                     action_id = item.get("ActionID")
                     entry = lists.get(action_id) if action_id is not None else None

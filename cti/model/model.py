@@ -105,6 +105,8 @@ from cti.model.resync import resync as _resync
 from cti.model.snapshots import Agent, Call, Queue
 from cti.model.transitions import Out
 
+_EVENT = MessageKind.EVENT
+
 
 class CallModel(EventHandlers):
     """Calls, agents and queues of one Asterisk, kept up to date from its AMI events."""
@@ -124,7 +126,7 @@ class CallModel(EventHandlers):
     def apply(self, msg: Message, now: float) -> list[ModelChange]:
         """Take one AMI event read at ``now``; return the changes it caused, in order."""
         handler = self._handlers.get(msg.name)
-        if handler is None or msg.kind is not MessageKind.EVENT:
+        if handler is None or msg.kind is not _EVENT:
             return []
         out: Out = []
         handler(msg, now, out)
