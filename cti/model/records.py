@@ -355,23 +355,48 @@ class AgentRecord:
 
 
 class QueueRecord:
-    __slots__ = ("abandoned", "answered", "members", "name", "snap", "strategy", "waiting", "wrapup")
+    __slots__ = (
+        "_members",
+        "abandoned",
+        "answered",
+        "members",
+        "name",
+        "snap",
+        "strategy",
+        "waiting",
+        "wrapup",
+    )
 
     def __init__(self, name: str, wrapup: float = 0.0) -> None:
         self.name = name
         self.strategy: str | None = None
+        # Change it with add_member / remove_member only: the snapshot reuses the tuple of its
+        # members until then (a queue of 1,000 agents is refreshed several times a call).
         self.members: dict[str, None] = {}
+        self._members: tuple[str, ...] = ()
         self.waiting: list[str] = []
         self.answered = 0
         self.abandoned = 0
         self.wrapup = wrapup
         self.snap: Queue | None = None
 
+    def add_member(self, agent_id: str) -> bool:
+        """Add an agent; False if it is a member already."""
+        if agent_id in self.members:
+            return False
+        self.members[agent_id] = None
+        self._members = tuple(self.members)
+        return True
+
+    def remove_member(self, agent_id: str) -> None:
+        if self.members.pop(agent_id, 0) is None:
+            self._members = tuple(self.members)
+
     def snapshot(self) -> Queue:
         draft = new_draft(_QueueDraft)
         draft.name = self.name
         draft.strategy = self.strategy
-        draft.members = tuple(self.members)
+        draft.members = self._members
         draft.waiting = tuple(self.waiting)
         draft.answered = self.answered
         draft.abandoned = self.abandoned

@@ -609,7 +609,7 @@ class ModelState:
     def _remove_member(self, agent: AgentRecord, queue: QueueRecord, now: float, out: Out) -> None:
         agent.memberships.pop(queue.name, None)
         agent.member_wrapup.pop(queue.name, None)
-        queue.members.pop(agent.id, None)
+        queue.remove_member(agent.id)
         self._refresh_agent(agent, now, "removed", out)
         self._refresh_queue(queue, "member_removed", out)
 
@@ -656,6 +656,5 @@ class ModelState:
         else:
             change = "member"
         self._refresh_agent(agent, now, change, out)
-        if agent.id not in queue.members:
-            queue.members[agent.id] = None
+        if queue.add_member(agent.id):
             self._refresh_queue(queue, "member_added", out)
