@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from screenpop.hub import COOKIE_NAME, PopHub, hub_routes
+from screenpop.hub import COOKIE_NAME, PopHub, _encode, _Encoded, hub_routes
 from screenpop.sessions import AgentAccount, SessionStore, hash_password
 from screenpop.tracker import RetractPop, RetractReason, ShowPop, UpdatePop, UpdateReason
 
@@ -491,3 +491,18 @@ async def test_concurrent_logins_keep_the_store_consistent(server: Server) -> No
             tg.create_task(log_in(f"100{1 + i % 3}"))
         tg.create_task(look_up())
     assert len(server.sessions) == 30
+
+
+def test_an_encoded_payload_is_spliced_into_the_message_as_json_would_write_it() -> None:
+    """Rule 3: the hub keeps a live pop's payload encoded; what it sends parses to the message."""
+    payloads: list[dict[str, Any]] = [
+        {},
+        {"customer": {"name": 'Müller "Jo" \\ <b>', "ids": [1, 2.5, None, True]}, "match": "unique"},
+        {"nested": {"a": {"b": [{"c": "\u2022"}]}}, "empty": [], "text": "}{,:"},
+    ]
+    for payload in payloads:
+        message = {"type": "pop", "seq": 3, "pop_id": "p", "facts": {"x": 1}, "payload": payload}
+        encoded = message | {"payload": _Encoded(json.dumps(payload))}
+        assert json.loads(_encode(encoded)) == message
+        assert json.loads(_encode(encoded | {"replay": True})) == message | {"replay": True}
+    assert _encode({"type": "retract", "seq": 4}) == json.dumps({"type": "retract", "seq": 4})
