@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -99,7 +100,9 @@ class TakenCall:
     pop_id: str
     agent_id: str
     call_id: str
-    facts: dict[str, Any]
+    facts_json: str
+    """The pop's last facts, encoded: the desk keeps an hour of calls, and as dicts their facts
+    were most of what the garbage collector walked (``facts`` decodes them when needed)."""
     customer_id: str | None
     shown_at: float
     answered: bool = False
@@ -112,10 +115,16 @@ class TakenCall:
     """Set once wrapped up: what was submitted and stored."""
 
     @property
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = json.loads(self.facts_json)
+        return facts
+
+    @property
     def number(self) -> str | None:
         """The customer's number: the caller inbound, the dialled number outbound."""
-        key = "remote_num" if self.facts.get("direction") == "outbound" else "caller_num"
-        value = self.facts.get(key) or self.facts.get("remote_num")
+        facts = self.facts
+        key = "remote_num" if facts.get("direction") == "outbound" else "caller_num"
+        value = facts.get(key) or facts.get("remote_num")
         return value.strip() or None if isinstance(value, str) else None
 
     def talk_seconds(self, now: float) -> float | None:
@@ -198,7 +207,7 @@ class WrapupDesk:
                 command.pop_id,
                 command.agent_id,
                 command.call_id,
-                dict(command.facts),
+                json.dumps(command.facts),
                 customer_id if isinstance(customer_id, str) else None,
                 shown_at=now,
             )
@@ -214,7 +223,7 @@ class WrapupDesk:
         if call_record is None:
             return []
         if isinstance(command, UpdatePop):
-            call_record.facts = dict(command.facts)
+            call_record.facts_json = json.dumps(command.facts)
             self._take_facts(call_record, command.facts, now)
             return []
         assert isinstance(command, RetractPop)
