@@ -10,8 +10,6 @@ import pickle
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 from customers.importer import WORKER_MIN_BYTES, ImportReport, import_file, mapping_from_dict, read_state
 from customers.sqlite_store import SQLiteStore
 from customers.store import IdentityFilter, PlainCustomer
+from tests.customers.test_customers_cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = float(os.environ.get("CALLBRIDGE_TEST_TIMEOUT_UNIT", "1"))
@@ -219,17 +218,6 @@ def test_a_prepared_batch_crosses_the_process_boundary_whole() -> None:
             type(value) for value in prepared.identities[0]
         ]
     assert len(prepared.rejected) == 1 and prepared.values is not None
-
-
-def cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "callbridge", "customers", *args],
-        cwd=ROOT,
-        env=os.environ | {"PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def mapping_yaml(path: Path) -> Path:
