@@ -34,9 +34,9 @@ LOOPS = ("auto", "uvloop", "asyncio")
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop ``serve`` and ``demo`` run on: uvloop where it is installed (``auto``).
 
-    uvloop runs the same asyncio code on libuv: in the screen-pop bench the service spent ~14% less
-    CPU per call on it (bench/README.md); ``asyncio`` is the standard loop, for debugging or a
-    platform without uvloop."""
+    uvloop runs the same asyncio code on libuv: in the screen-pop bench the service spent ~7% less
+    CPU per call on it, within the runs' spread (docs/dependencies.md); ``asyncio`` is the
+    standard loop, for debugging or a platform without uvloop."""
     if name == "asyncio":
         return None
     try:
