@@ -175,14 +175,7 @@ class PopAssembler:
             payload["match"] = "withheld"
             payload["actions"] = _actions(None, _caller_name(facts))
             return payload
-        payload["candidates"] = [_candidate(c) for c in candidates[: self.max_candidates]]
-        payload["candidates_total"] = len(candidates)
-        match = _match(candidates)
-        payload["match"] = match
-        if match == "unknown":
-            payload["actions"] = _actions(payload["lookup"], _caller_name(facts))
-            return payload
-        if match == "ambiguous":
+        if self._matched(payload, facts, candidates) not in ("unique", "ranked"):
             return payload
         try:
             profile = await self.store.profile(candidates[0].customer.id, per_channel=self.per_channel)
@@ -201,15 +194,20 @@ class PopAssembler:
     ) -> dict[str, Any]:
         """The payload from an early answer (Rule 5): what ``assemble`` builds from the store."""
         payload["lookup"] = {"by": "phone", "value": _text(facts.get("caller_num"))}
+        if self._matched(payload, facts, candidates) != "unknown" and profile is not None:
+            payload["customer"] = _profile(profile)
+        return payload
+
+    def _matched(self, payload: dict[str, Any], facts: Mapping[str, Any], candidates: list[Candidate]) -> str:
+        """The candidates and the match into ``payload`` (Rule 2), with the actions an unknown
+        caller's pop offers (Rule 3); returns the match."""
         payload["candidates"] = [_candidate(c) for c in candidates[: self.max_candidates]]
         payload["candidates_total"] = len(candidates)
         match = _match(candidates)
         payload["match"] = match
         if match == "unknown":
             payload["actions"] = _actions(payload["lookup"], _caller_name(facts))
-        elif profile is not None:
-            payload["customer"] = _profile(profile)
-        return payload
+        return match
 
     async def _candidates(
         self, payload: dict[str, Any], lead: str | None, number: str | None

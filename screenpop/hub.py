@@ -214,12 +214,7 @@ class PopHub:
         agent = self._agents.get(agent_id)
         if agent is None:
             return
-        text = _encode(message)
-        for conn in list(agent.sockets):
-            if len(conn) >= self._max_queue:
-                self._drop(agent, conn)
-            else:
-                conn.enqueue(text)
+        self._send(agent, _encode(message))
 
     def live(self, agent_id: str) -> list[str]:
         agent = self._agents.get(agent_id)
@@ -286,7 +281,10 @@ class PopHub:
                 self._retracted_unacked += 1
         else:  # pragma: no cover - PopCommand is closed
             raise TypeError(f"not a pop command: {command!r}")
-        text = _encode(message)
+        self._send(agent, _encode(message))
+
+    def _send(self, agent: _AgentPops, text: str) -> None:
+        """Queue ``text`` to each of the agent's sockets; one too far behind is dropped (Rule 2)."""
         for conn in list(agent.sockets):
             if len(conn) >= self._max_queue:
                 self._drop(agent, conn)

@@ -4,6 +4,7 @@ down (a real AMI client that is not connected, a real SQLite store)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -76,14 +77,21 @@ async def test_without_a_pbx_link_nothing_is_dialled_and_it_says_so(store: SQLit
     assert (error.status, error.code, error.field) == (400, "invalid-number", "number")
 
 
-async def test_the_pbx_gets_the_originate_and_the_answer_comes_back_at_once(store: SQLiteStore) -> None:
+@asynccontextmanager
+async def dialer_on_pbx(store: SQLiteStore) -> AsyncIterator[tuple[FakePBX, ClickToDial]]:
+    """A click-to-dial (region GB, at noon UTC) on a real AMI client logged in to the fake PBX."""
     async with FakePBX([], speed=None) as pbx:
         client = AMIClient(AMIConfig(port=pbx.port, username="lab", secret="lab", backoff_initial=0.05))
         async with client:
             await client.wait_connected(timeout=10)
             dialer = ClickToDial(store, client.send_action, DialSettings(), region="GB")
             dialer.clock = lambda: datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
-            result = await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0958")
+            yield pbx, dialer
+
+
+async def test_the_pbx_gets_the_originate_and_the_answer_comes_back_at_once(store: SQLiteStore) -> None:
+    async with dialer_on_pbx(store) as (pbx, dialer):
+        result = await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0958")
     assert result["number"] == "+442079460958"
     assert result["message"] == "Originate successfully queued"
     (originate,) = pbx.actions_named("Originate")
@@ -93,14 +101,9 @@ async def test_the_pbx_gets_the_originate_and_the_answer_comes_back_at_once(stor
 
 async def test_a_number_one_customer_holds_is_dialled_with_that_customer_id(store: SQLiteStore) -> None:
     jane = await store.create_customer("Jane Doe", identities=[("phone", "+442079460958")])
-    async with FakePBX([], speed=None) as pbx:
-        client = AMIClient(AMIConfig(port=pbx.port, username="lab", secret="lab", backoff_initial=0.05))
-        async with client:
-            await client.wait_connected(timeout=10)
-            dialer = ClickToDial(store, client.send_action, DialSettings(), region="GB")
-            dialer.clock = lambda: datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
-            await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0958")
-            await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0959")
+    async with dialer_on_pbx(store) as (pbx, dialer):
+        await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0958")
+        await dialer.dial("agent1", "Local/agent1@agents/n", "020 7946 0959")
     held, nobody = pbx.actions_named("Originate")
     assert f"CUSTOMER_ID={jane.id}" in held.get_all("Variable")
     assert not [v for v in nobody.get_all("Variable") if v.startswith("CUSTOMER_ID=")]
