@@ -222,6 +222,20 @@ class CallRecord:
         """Both halves of a Local pair go when one goes: one ended half means the customer left."""
         return self.first is not None and all(leg.ended_at is None for leg in self.customer_legs())
 
+    def release(self) -> None:
+        """Drop the ended call's references to its legs.
+
+        Each leg points back at its call: left linked, an ended call is a reference cycle that
+        only the garbage collector's full passes free, and those passes stop the event loop for
+        hundreds of milliseconds once a busy service has piled up thousands of them. Unlinked,
+        the call and its legs go by reference counting as soon as the model forgets them."""
+        self.legs = {}
+        self.ringing = {}
+        self.first = None
+        self.agent_leg = None
+        self.answer_leg = None
+        self.customer_leg = None
+
     def snapshot(self, queue_position: int | None = None) -> Call:
         outbound = self.direction == "outbound"
         draft = new_draft(_CallDraft)

@@ -485,6 +485,7 @@ class ModelState:
         call.in_queue = False
         self._calls.pop(call.id, None)
         snap = self._snapshot(call)
+        call.release()
         self._ended[call.id] = snap
         self._ended.move_to_end(call.id)
         while len(self._ended) > self._history:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 
 import pytest
 
 from callbridge.captures import available_captures, load_messages
 from cti.model import CallChanged, CallState
+from cti.model.records import CallRecord, LegRecord
 
 from .conftest import LOGIN_ONLY, MODEL_CAPTURES, ReplayFactory
 
@@ -49,6 +51,25 @@ def test_no_ghost_calls(replay: ReplayFactory, name: str) -> None:
             assert change.call.id not in seen_end, (change.change, change.call.id)
             if change.change == "ended":
                 seen_end.add(change.call.id)
+
+
+@pytest.mark.parametrize("name", [n for n in MODEL_CAPTURES if n != "queue_member_admin"])
+def test_ended_calls_leave_no_cycles(replay: ReplayFactory, name: str) -> None:
+    """An ended call and its legs go by reference counting, not at the collector's full passes
+    (which stop the service's loop for as long as they walk the heap)."""
+    gc.collect()
+    gc.disable()
+    try:
+        result = replay(name)
+        assert result.calls("ended")
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, (CallRecord, LegRecord))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
 
 
 @pytest.mark.parametrize("name", MODEL_CAPTURES)
