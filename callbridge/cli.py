@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import json
 import logging
 import signal
@@ -18,6 +17,7 @@ from typing import Any, TextIO, TypeVar
 
 from callbridge import __version__
 from callbridge.bus import Lagged, Subscription
+from callbridge.collector import Collector
 from callbridge.console import NOISY_EVENTS, ChangeLines, format_message, stamp
 from callbridge.customers_cli import add_customer_commands
 from callbridge.settings import DEFAULT_PATH, Settings, SettingsError, load_settings
@@ -123,12 +123,7 @@ async def _serve(settings: Settings) -> int:
     from callbridge.service import Service
 
     stop = asyncio.Event()
-    async with Service(settings):
-        # What start-up made (modules, settings, the store, the agents) lives as long as the
-        # process: out of the collector's reach, its full passes walk only what came since
-        # (their median went from ~280 to ~90 ms in the screen-pop bench; bench/README.md).
-        gc.collect()
-        gc.freeze()
+    async with Service(settings), Collector():
         log.info(
             "callbridge %s serving; AMI %s:%s; event loop %s",
             __version__,
