@@ -39,7 +39,7 @@ from screenpop import (
 
 log = logging.getLogger(__name__)
 
-_BEFORE_A_RING = frozenset({CallState.QUEUED, CallState.IVR})
+_BEFORE_A_RING = frozenset({CallState.ROUTING, CallState.QUEUED, CallState.IVR})
 
 _YIELD_EVERY = 32
 """Changes the pipeline takes in a row without a turn of the event loop when none starts a
@@ -134,6 +134,7 @@ class PopPipeline:
     def _apply_now(self, event: CallChanged, now: float) -> int:
         """The tracker's commands for ``event``, each started on its way; nothing awaited.
         Returns how many deliveries were started."""
+        self._prefetch(event.call)
         commands = self.tracker.apply(event, now)
         for command in commands:
             self._count(command)
@@ -156,10 +157,15 @@ class PopPipeline:
         return len(commands)
 
     def _prefetch(self, call: Call) -> None:
-        """An inbound caller in a queue or an IVR is about to ring an agent: look them up now
-        (``PopAssembler.prefetch``), so the ring's pop does not wait for the store."""
+        """An inbound call that has not rung an agent yet (in the dialplan, an IVR or a queue):
+        look its caller up now (``PopAssembler.prefetch``), so the ring's pop does not wait for
+        the store. A call that ends without taking the answer (self-service in the IVR, an
+        abandon) lets it go."""
         if call.state is CallState.ENDED:
-            self._prefetched.discard(call.id)
+            if call.id in self._prefetched:
+                self._prefetched.discard(call.id)
+                if call.caller_num:
+                    self.assembler.forget(call.caller_num)
         elif (
             call.state in _BEFORE_A_RING
             and call.direction == "inbound"

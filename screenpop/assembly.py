@@ -33,11 +33,13 @@ Rule 4 (failure). A store failure never loses the pop: the payload keeps the cal
         lookup found when only the profile read failed (the candidates stay). No ``actions``
         then: offering to create a customer who may exist makes duplicates.
 Rule 5 (early lookup). ``prefetch(number)`` starts the lookup and the profile read of an
-        inbound caller before any agent rings (the pipeline calls it when the call enters a
-        queue or an IVR): the first pop of that number within ``prefetch_age`` seconds takes
-        the answer instead of asking the store on the ring's critical path. Each answer serves
-        one pop (a later pop of the number asks again), so what a pop shows is at most as old
-        as the wait in the queue; an early lookup that failed is asked again.
+        inbound caller before any agent rings (the pipeline calls it on the call's first change
+        with a caller number, in the dialplan, an IVR or a queue): the first pop of that number
+        within ``prefetch_age`` seconds takes the answer instead of asking the store on the
+        ring's critical path. Each answer serves one pop (a later pop of the number asks
+        again), so what a pop shows is at most as old as the caller's time before the ring; an
+        early lookup that failed is asked again; ``forget(number)`` drops an answer no pop took
+        (the call ended first).
 """
 
 from __future__ import annotations
@@ -118,6 +120,17 @@ class PopAssembler:
         task = asyncio.create_task(self._lookup_and_profile(number), name=f"pop-prefetch-{number}")
         task.add_done_callback(_retrieve)
         self._early[number] = (now, task)
+
+    @property
+    def prefetched(self) -> int:
+        """Rule 5: early answers waiting for their pop."""
+        return len(self._early)
+
+    def forget(self, number: str) -> None:
+        """Rule 5: drop the early answer for ``number`` if no pop took it."""
+        early = self._early.pop(number, None)
+        if early is not None:
+            early[1].cancel()
 
     def _forget_old(self, now: float) -> None:
         for number, (started, task) in list(self._early.items()):

@@ -21,10 +21,14 @@ from screenpop import PopHub
 
 
 def load_50() -> list[tuple[Message, float]]:
-    times = [r["t"] for r in load_messages("load_50") if r["dir"] == "in" and "msg" in r]
+    return capture_messages("load_50")
+
+
+def capture_messages(name: str) -> list[tuple[Message, float]]:
+    times = [r["t"] for r in load_messages(name) if r["dir"] == "in" and "msg" in r]
     reader = MessageReader()
     messages = []
-    for chunk in load_capture("load_50").chunks:
+    for chunk in load_capture(name).chunks:
         if chunk.direction == "in" and chunk.data is not None:
             messages.extend(item for item in reader.feed(chunk.data) if isinstance(item, Message))
     return list(zip(messages, times, strict=True))
@@ -70,5 +74,40 @@ async def test_after_dropped_changes_the_pops_are_rebuilt_from_the_model(
             async with asyncio.timeout(10):
                 while any(hub.live(f"agent{n}") for n in range(1, 6)) or pipeline.tracker.tracked_calls:
                     await asyncio.sleep(0.01)
+        finally:
+            await pipeline.stop()
+
+
+async def feed(model: CallModel, bus: Bus, events: list[tuple[Message, float]]) -> None:
+    for msg, t in events:
+        for change in model.apply(msg, t):
+            bus.publish(change)
+    await asyncio.sleep(0.05)
+
+
+async def test_the_caller_is_looked_up_when_the_call_arrives(tmp_path: Path) -> None:
+    """Rule 5 wired: the lookup starts on the call's first change, before the queue rings
+    anyone; the ring's pop takes it; a call that ends in the IVR, never ringing, lets its go."""
+    bus, model, hub = Bus(), CallModel(), PopHub()
+    async with SQLiteStore(tmp_path / "customers.db") as store:
+        await store.create_customer("Jane Doe", identities=[("phone", "+14155550123")])
+        pipeline = PopPipeline(bus, store, hub, model=model)
+        await pipeline.start()
+        try:
+            events = capture_messages("queue_answered")
+            ring = next(i for i, (msg, _) in enumerate(events) if msg.name == "AgentCalled")
+            await feed(model, bus, events[:ring])
+            assert pipeline.assembler.prefetched == 1
+            await feed(model, bus, events[ring : ring + 1])
+            assert hub.live("agent1")
+            assert pipeline.assembler.prefetched == 0
+            await feed(model, bus, events[ring + 1 :])
+            events = capture_messages("ivr_agi_hangup")
+            ended = next(i for i, (msg, _) in enumerate(events) if msg.name == "Hangup")
+            await feed(model, bus, events[:ended])
+            assert pipeline.assembler.prefetched == 1
+            await feed(model, bus, events[ended:])
+            assert not model.live_calls()
+            assert pipeline.assembler.prefetched == 0
         finally:
             await pipeline.stop()

@@ -352,3 +352,17 @@ async def test_an_early_lookup_of_an_unknown_or_stale_number_is_no_different(sto
     await store.create_customer("Jane Doe", identities=[("phone", JANE)])
     await asyncio.sleep(0.01)
     assert (await stale.assemble(show))["match"] == "unique"
+
+
+async def test_a_forgotten_early_lookup_is_not_taken(store: SQLiteStore) -> None:
+    jane = await add_jane(store)
+    show = first_show("queue_answered")
+    assembler = PopAssembler(store, per_channel=3)
+    assembler.prefetch(JANE)
+    await asyncio.sleep(0.05)
+    assert assembler.prefetched == 1
+    await store.add_note(jane, "agent:eve", "Called back about the refund.")
+    assembler.forget(JANE)
+    assert assembler.prefetched == 0
+    pop = await assembler.assemble(show)
+    assert "Called back about the refund." in [n["text"] for n in pop["customer"]["notes"]]
