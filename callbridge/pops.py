@@ -136,16 +136,24 @@ class PopPipeline:
         Returns how many deliveries were started."""
         self._prefetch(event.call)
         commands = self.tracker.apply(event, now)
+        started = 0
         for command in commands:
             self._count(command)
             self._tell_wrapup(command, now)
             before = self._chains.get(command.pop_id)
-            if before is None and not isinstance(command, ShowPop):
+            if before is None:
                 # Nothing of this pop in flight (its show was published long ago): an update
                 # or a retract needs no lookup, so it is published now, in bus order, without
-                # a task of its own (two per call).
-                self._publish_now(command)
-                continue
+                # a task of its own (two per call); so is a show whose caller's early lookup is
+                # in (Rule 5 of ``screenpop.assembly``): a turn of the loop less on its way.
+                if not isinstance(command, ShowPop):
+                    self._publish_now(command, None, None)
+                    continue
+                payload = self.assembler.assemble_now(command)
+                if payload is not None:
+                    self._publish_now(command, payload, now)
+                    continue
+            started += 1
             chain = asyncio.create_task(self._deliver(command, now, before), name=f"pop-{command.pop_id}")
             self._chains[command.pop_id] = chain
             chain.add_done_callback(self._chain_done(command.pop_id))
@@ -154,7 +162,7 @@ class PopPipeline:
                 self.wrapup.observe_call(event.call, now)
             except Exception:
                 log.exception("call %s: the wrap-up desk missed a change", event.call.id)
-        return len(commands)
+        return started
 
     def _prefetch(self, call: Call) -> None:
         """An inbound call that has not rung an agent yet (in the dialplan, an IVR or a queue):
@@ -212,18 +220,21 @@ class PopPipeline:
             await self.hub.publish(command, payload, t0=now if isinstance(command, ShowPop) else None)
         except Exception:
             log.exception("pop %s for agent %s not delivered", command.pop_id, command.agent_id)
+        self._published(command, payload)
+
+    def _publish_now(self, command: PopCommand, payload: dict[str, Any] | None, t0: float | None) -> None:
+        """What ``_deliver`` does, for a command whose payload is at hand and nothing to wait for."""
+        try:
+            self.hub.publish_now(command, payload, t0=t0)
+        except Exception:
+            log.exception("pop %s for agent %s not delivered", command.pop_id, command.agent_id)
+        self._published(command, payload)
+
+    def _published(self, command: PopCommand, payload: dict[str, Any] | None) -> None:
         customer = payload.get("customer") if payload is not None else None
         if self.wrapup is not None and isinstance(customer, Mapping) and isinstance(customer.get("id"), str):
             self.wrapup.customer_found(command.pop_id, customer["id"])
         self._tell_webhooks(command, payload)
-
-    def _publish_now(self, command: PopCommand) -> None:
-        """What ``_deliver`` does for a command with no payload and nothing to wait for."""
-        try:
-            self.hub.publish_now(command)
-        except Exception:
-            log.exception("pop %s for agent %s not delivered", command.pop_id, command.agent_id)
-        self._tell_webhooks(command, None)
 
     def _tell_wrapup(self, command: PopCommand, now: float) -> None:
         """In bus order, before any await: the desk's record of a pop exists before the call's

@@ -158,21 +158,29 @@ class PopAssembler:
         except Exception:
             return None
 
+    def assemble_now(self, show: ShowPop) -> dict[str, Any] | None:
+        """The pop payload for ``show`` from an early answer that is already in (Rule 5), without
+        waiting for anything; ``None`` when there is none (``assemble`` then asks the store)."""
+        facts = show.facts
+        if facts.get("direction") == "outbound":
+            return None
+        number = _text(facts.get("caller_num"))
+        early = None if number is None else self._early.get(number)
+        if number is None or early is None:
+            return None
+        started, task = early
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        if time.monotonic() - started > self.prefetch_age:
+            return None
+        del self._early[number]
+        candidates, profile = task.result()
+        return self._fill(_new_payload(show), facts, candidates, profile)
+
     async def assemble(self, show: ShowPop) -> dict[str, Any]:
         """The pop payload for ``show`` (see the module's rules)."""
         facts = show.facts
-        payload: dict[str, Any] = {
-            "pop_id": show.pop_id,
-            "agent_id": show.agent_id,
-            "call_id": show.call_id,
-            "call": dict(facts),
-            "campaign": _campaign(facts),
-            "lookup": None,
-            "match": None,
-            "customer": None,
-            "candidates": [],
-            "candidates_total": 0,
-        }
+        payload = _new_payload(show)
         outbound = facts.get("direction") == "outbound"
         lead = _text(facts.get("customer_id")) if outbound else None
         number = _text(facts.get("remote_num") if outbound else facts.get("caller_num"))
@@ -247,6 +255,22 @@ class PopAssembler:
             # Not a phone number (an internal extension, a SIP user name): nobody to find by it.
             payload["lookup"]["valid"] = False
             return []
+
+
+def _new_payload(show: ShowPop) -> dict[str, Any]:
+    facts = show.facts
+    return {
+        "pop_id": show.pop_id,
+        "agent_id": show.agent_id,
+        "call_id": show.call_id,
+        "call": dict(facts),
+        "campaign": _campaign(facts),
+        "lookup": None,
+        "match": None,
+        "customer": None,
+        "candidates": [],
+        "candidates_total": 0,
+    }
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

@@ -366,3 +366,17 @@ async def test_a_forgotten_early_lookup_is_not_taken(store: SQLiteStore) -> None
     assert assembler.prefetched == 0
     pop = await assembler.assemble(show)
     assert "Called back about the refund." in [n["text"] for n in pop["customer"]["notes"]]
+
+
+async def test_a_pop_takes_an_early_answer_that_is_in_without_waiting(store: SQLiteStore) -> None:
+    await add_jane(store)
+    show = first_show("queue_answered")
+    fresh = await PopAssembler(store, per_channel=3).assemble(show)
+    assembler = PopAssembler(store, per_channel=3)
+    assert assembler.assemble_now(show) is None, "no early answer: the store must be asked"
+    assembler.prefetch(JANE)
+    assert assembler.assemble_now(show) is None, "the early lookup has not run yet"
+    await asyncio.sleep(0.05)
+    assert assembler.assemble_now(show) == fresh
+    assert assembler.prefetched == 0
+    assert assembler.assemble_now(show) is None, "an early answer serves one pop"
