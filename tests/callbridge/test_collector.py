@@ -71,7 +71,7 @@ def test_a_young_pass_frees_a_new_cycle(collector: Collector) -> None:
     assert collector.stats.full_passes == 0
 
 
-def test_a_cycle_alive_at_a_full_pass_waits_for_the_thaw_pass(collector: Collector) -> None:
+def test_a_cycle_alive_at_a_full_pass_waits_for_a_thaw_pass(collector: Collector) -> None:
     holder = [Node()]
     watched = weakref.ref(holder[0])
     collector.step(1.0)
@@ -81,9 +81,18 @@ def test_a_cycle_alive_at_a_full_pass_waits_for_the_thaw_pass(collector: Collect
         collector.step(now)
         assert watched() is not None, f"frozen, yet collected at {now}"
     assert collector.stats.full_passes == 3
+    # The heap held steady: the thaw pass is not worth its pause.
     collector.step(60.0)
+    assert collector.stats.thaw_passes == 0
+    assert watched() is not None
+    # A third more frozen objects than the last thaw left: the whole heap is walked again.
+    grown = [Leaf() for _ in range(gc.get_freeze_count() // 3 + 1)]
+    collector.step(61.0)
+    assert collector.stats.thaw_passes == 0, "not before thaw_every"
+    collector.step(120.0)
     assert collector.stats.thaw_passes == 1
     assert watched() is None
+    assert grown
 
 
 def test_frozen_objects_still_go_by_reference_counting(collector: Collector) -> None:
@@ -95,8 +104,11 @@ def test_frozen_objects_still_go_by_reference_counting(collector: Collector) -> 
 
 
 def test_the_thaw_pass_is_logged(collector: Collector, caplog: pytest.LogCaptureFixture) -> None:
+    grown = [Leaf() for _ in range(gc.get_freeze_count() // 3 + 1)]
+    collector.step(1.0)
     with caplog.at_level(logging.INFO, logger="callbridge.collector"):
         collector.step(60.0)
+    assert grown
     (record,) = caplog.records
     assert "thaw pass over" in record.getMessage()
     assert collector.stats.last_thaw_ms > 0
