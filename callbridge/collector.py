@@ -56,7 +56,7 @@ class Collector:
     """Owns the process's garbage collection from ``begin`` to ``end`` (or as a context manager)."""
 
     def __init__(
-        self, *, young_every: float = 0.05, full_every: float = 0.25, thaw_every: float = 3600.0
+        self, *, young_every: float = 0.05, full_every: float = 0.1, thaw_every: float = 3600.0
     ) -> None:
         if not 0 < young_every <= full_every <= thaw_every:
             raise ValueError("want 0 < young_every <= full_every <= thaw_every")

@@ -142,6 +142,9 @@ class PopAssembler:
         candidates = await self.store.lookup_phone(number)
         profile = None
         if _match(candidates) in ("unique", "ranked"):
+            # The store's reads run in the loop's thread (~0.4 and ~0.7 ms of CPU here): a turn of
+            # the loop between them lets a ring that came meanwhile go first.
+            await asyncio.sleep(0)
             profile = await self.store.profile(candidates[0].customer.id, per_channel=self.per_channel)
         return candidates, profile
 
