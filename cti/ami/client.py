@@ -5,8 +5,10 @@ It only moves bytes and time; framing and ActionID correlation are ``AMIClientPr
 - ``send_action()`` returns the ``ActionResult`` (the whole list for list actions). When the link
   drops, every action in flight fails with ``ConnectionLost``: nothing is ever re-sent, because
   ``Originate`` re-sent after a reconnect calls someone twice.
-- Events go to listeners, called in order on the reader task; a listener that raises is logged
-  and the stream goes on. Slow work belongs in the listener's own task.
+- Events go to listeners, called in order as their bytes arrive (the transport's
+  ``data_received``: no reader task between the socket and the listeners, so no turn of the
+  event loop either); a listener that raises is logged and the stream goes on. Slow work
+  belongs in the listener's own task.
 - Keepalive: a ``Ping`` every ``ping_interval``; no reply within ``ping_timeout`` closes the link.
 - Reconnect with capped exponential backoff and jitter; lifecycle changes (``Connected``,
   ``Disconnected``, ``LoginFailed``) go to the same listeners so a bridge can resync the model.
@@ -24,6 +26,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cti.ami.codec import AMIError, Banner, ProtocolViolation
 from cti.ami.message import Message
@@ -120,7 +123,7 @@ class AMIClient:
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self._protocol: AMIClientProtocol | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.WriteTransport | None = None
         self._futures: dict[str, asyncio.Future[ActionResult]] = {}
         self._ready = asyncio.Event()
         self._fatal: BaseException | None = None
@@ -146,7 +149,7 @@ class AMIClient:
     async def stop(self) -> None:
         self._stopping = True
         task, self._task = self._task, None
-        if self._writer is not None and self._protocol is not None and self._ready.is_set():
+        if self._transport is not None and self._protocol is not None and self._ready.is_set():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.send_action("Logoff"), 1.0)
         if task is not None:
@@ -196,15 +199,15 @@ class AMIClient:
         timeout: float | None = None,
     ) -> ActionResult:
         """Send one action and wait for its response (and its event list, if it has one)."""
-        protocol, writer = self._protocol, self._writer
-        if protocol is None or writer is None or writer.is_closing():
+        protocol, transport = self._protocol, self._transport
+        if protocol is None or transport is None or transport.is_closing():
             raise NotConnected(f"no AMI link to {self.config.host}:{self.config.port}; {name} not sent")
-        return await self._send(protocol, writer, name, fields, timeout)
+        return await self._send(protocol, transport, name, fields, timeout)
 
     async def _send(
         self,
         protocol: AMIClientProtocol,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.WriteTransport,
         name: str,
         fields: Mapping[str, str | Sequence[str]] | Sequence[tuple[str, str]],
         timeout: float | None,
@@ -215,7 +218,7 @@ class AMIClient:
         data = protocol.data_to_send()
         if wire_log.isEnabledFor(logging.DEBUG):
             wire_log.debug("> %r", redact(data))
-        writer.write(data)
+        transport.write(data)
         try:
             async with asyncio.timeout(self.config.action_timeout if timeout is None else timeout):
                 return await future
@@ -253,15 +256,18 @@ class AMIClient:
 
     async def _session_once(self) -> None:
         config = self.config
-        async with asyncio.timeout(config.connect_timeout):
-            reader, writer = await asyncio.open_connection(config.host, config.port)
         protocol = AMIClientProtocol(id_prefix=config.id_prefix)
-        self._protocol, self._writer = protocol, writer
-        read_task = asyncio.create_task(self._read_loop(reader, protocol), name="ami-reader")
+        link = _Link(lambda data: self._received(data, protocol))
+        async with asyncio.timeout(config.connect_timeout):
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                lambda: link, config.host, config.port
+            )
+        self._protocol, self._transport = protocol, transport
+        read_task = link.closed
         ping_task: asyncio.Task[None] | None = None
         reason = "closed"
         try:
-            await self._login(protocol, writer, read_task)
+            await self._login(protocol, transport, read_task)
             self._session += 1
             self._ready.set()
             early, self._early = self._early, []
@@ -276,7 +282,7 @@ class AMIClient:
             self._emit(Connected(config.host, config.port, self.banner or "", self._session))
             for message in early:
                 self._emit(message)
-            ping_task = asyncio.create_task(self._keepalive(protocol, writer), name="ami-keepalive")
+            ping_task = asyncio.create_task(self._keepalive(protocol, transport), name="ami-keepalive")
             done, _ = await asyncio.wait([read_task, ping_task], return_when=asyncio.FIRST_COMPLETED)
             finished = done.pop()
             reason = _describe(finished.exception()) if finished.exception() else "the PBX closed the link"
@@ -289,11 +295,11 @@ class AMIClient:
         finally:
             was_ready = self._ready.is_set()
             self._ready.clear()
-            self._protocol, self._writer = None, None
+            self._protocol, self._transport = None, None
             for task in (read_task, ping_task):
                 if task is not None:
                     task.cancel()
-            writer.close()
+            transport.close()
             for task in (read_task, ping_task):
                 if task is not None:
                     with contextlib.suppress(BaseException):
@@ -314,13 +320,15 @@ class AMIClient:
                 self._emit(Disconnected(reason, self._session, tuple(lost)))
 
     async def _login(
-        self, protocol: AMIClientProtocol, writer: asyncio.StreamWriter, read_task: asyncio.Task[None]
+        self, protocol: AMIClientProtocol, transport: asyncio.WriteTransport, read_task: asyncio.Future[None]
     ) -> None:
         config = self.config
 
         async def action(name: str, fields: dict[str, str]) -> ActionResult:
-            send = asyncio.ensure_future(self._send(protocol, writer, name, fields, config.connect_timeout))
-            done, _ = await asyncio.wait([send, read_task], return_when=asyncio.FIRST_COMPLETED)
+            sent = self._send(protocol, transport, name, fields, config.connect_timeout)
+            send = asyncio.ensure_future(sent)
+            either: list[asyncio.Future[Any]] = [send, read_task]
+            done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if send not in done:
                 send.cancel()
                 with contextlib.suppress(BaseException):
@@ -356,55 +364,51 @@ class AMIClient:
                 )
                 break
 
-    async def _read_loop(self, reader: asyncio.StreamReader, protocol: AMIClientProtocol) -> None:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                return
-            if wire_log.isEnabledFor(logging.DEBUG):
-                wire_log.debug("< %r", data)
-            protocol.receive_data(data)
-            # Nothing in this loop awaits, so the link cannot become ready or drop within a read.
-            ready = self._ready.is_set()
-            listeners = self._listeners
-            for item in protocol.events_received():
-                if type(item) is Message:
-                    if ready:
-                        # ``_emit`` inlined: this runs for every event.
-                        for listener in listeners:
-                            try:
-                                listener(item)
-                            except Exception:
-                                log.exception("AMI listener %r failed on %s", listener, item.name)
-                    else:
-                        # Events that come with the login response belong after ``Connected``.
-                        self._early.append(item)
-                elif type(item) is ActionResult:
-                    future = self._futures.get(item.action_id)
-                    if future is not None and not future.done():
-                        future.set_result(item)
-                elif type(item) is Banner:
-                    self.banner = item.text
-                elif type(item) is ProtocolViolation:
-                    log.warning(
-                        "AMI from %s:%s: %s at byte %d: %r",
-                        self.config.host,
-                        self.config.port,
-                        item.reason,
-                        item.offset,
-                        item.excerpt,
-                    )
-                elif type(item) is UnmatchedResponse:
-                    log.debug("AMI response with no action of ours: %r", item.response.text[:200])
+    def _received(self, data: bytes, protocol: AMIClientProtocol) -> None:
+        if wire_log.isEnabledFor(logging.DEBUG):
+            wire_log.debug("< %r", data)
+        protocol.receive_data(data)
+        # Nothing here awaits, so the link cannot become ready or drop within a read.
+        ready = self._ready.is_set()
+        listeners = self._listeners
+        for item in protocol.events_received():
+            if type(item) is Message:
+                if ready:
+                    # ``_emit`` inlined: this runs for every event.
+                    for listener in listeners:
+                        try:
+                            listener(item)
+                        except Exception:
+                            log.exception("AMI listener %r failed on %s", listener, item.name)
+                else:
+                    # Events that come with the login response belong after ``Connected``.
+                    self._early.append(item)
+            elif type(item) is ActionResult:
+                future = self._futures.get(item.action_id)
+                if future is not None and not future.done():
+                    future.set_result(item)
+            elif type(item) is Banner:
+                self.banner = item.text
+            elif type(item) is ProtocolViolation:
+                log.warning(
+                    "AMI from %s:%s: %s at byte %d: %r",
+                    self.config.host,
+                    self.config.port,
+                    item.reason,
+                    item.offset,
+                    item.excerpt,
+                )
+            elif type(item) is UnmatchedResponse:
+                log.debug("AMI response with no action of ours: %r", item.response.text[:200])
 
-    async def _keepalive(self, protocol: AMIClientProtocol, writer: asyncio.StreamWriter) -> None:
+    async def _keepalive(self, protocol: AMIClientProtocol, transport: asyncio.WriteTransport) -> None:
         interval = self.config.ping_interval
         if interval <= 0:
             await asyncio.Future()
         while True:
             await asyncio.sleep(interval)
             try:
-                await self._send(protocol, writer, "Ping", (), self.config.ping_timeout)
+                await self._send(protocol, transport, "Ping", (), self.config.ping_timeout)
             except ActionTimeout:
                 raise ConnectionLost(f"no Pong within {self.config.ping_timeout}s") from None
 
@@ -414,6 +418,25 @@ class AMIClient:
                 listener(item)
             except Exception:
                 log.exception("AMI listener %r failed on %s", listener, getattr(item, "name", item))
+
+
+class _Link(asyncio.Protocol):
+    """The TCP link's bytes handed to the client as they arrive; ``closed`` completes when the
+    link does (with the error that closed it, if any)."""
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self._on_data = on_data
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            if exc is None:
+                self.closed.set_result(None)
+            else:
+                self.closed.set_exception(exc)
 
 
 def _describe(exc: BaseException | None) -> str:
