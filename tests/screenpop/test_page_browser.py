@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from callbridge.settings import load_settings
 from customers.model import Value
 from customers.sqlite_store import SQLiteStore
 from screenpop import PopAssembler, RetractPop, RetractReason, ShowPop, hash_password
+
+NOON_IN_CALIFORNIA = datetime(2026, 11, 30, 20, 0, tzinfo=UTC).timestamp()
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -366,6 +369,10 @@ async def test_an_unknown_callers_card_creates_the_customer_and_shows_the_profil
 
     async with service_with_pbx(tmp_path, empty) as (service, pbx, origin):
         assert service.store is not None
+        assert service.dialer is not None
+        # Inside the calling window of the caller's time zone (08:00-21:00 there), whenever the
+        # test runs: the click-to-dial below is refused otherwise.
+        service.dialer.clock = lambda: NOON_IN_CALIFORNIA
         async with alice_desk(browser, origin, unit) as page:
             pbx.resume_replay()
             pbx.pause_replay(at=3.0)
