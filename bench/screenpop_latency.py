@@ -16,7 +16,9 @@ Three processes on one host (``time.time()`` is the one clock of every timestamp
   load      this process: a ``FakePBX`` (real AMI over TCP; the service logs in to it) writing
             the calls with ``send_raw``, and the agents' pages: one aiohttp WebSocket per agent,
             each logged in over HTTP (``POST /agent/login``), saying ``hello`` and acking every
-            pop as the page does once it shows it.
+            pop as the page does once it shows it. Like a browser, each page offers
+            permessage-deflate and the server takes it (aiohttp's default, the service's and the
+            floor's alike); ``--no-compress``: pages that do not offer it.
   floor     a bare aiohttp WebSocket server (the peer, in the same run after the service's
             phase): the load process writes one line per message on a TCP control socket
             (``agent kind size call_id``, standing in for the AMI write) and the server sends
@@ -499,15 +501,20 @@ class Tally:
 class Page:
     """One agent's page: a WebSocket that says hello and acks every pop it shows."""
 
-    def __init__(self, agent: str, tally: Tally) -> None:
+    def __init__(self, agent: str, tally: Tally, *, compress: bool = True) -> None:
         self.agent = agent
         self.tally = tally
+        self.compress = compress
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.task: asyncio.Task[None] | None = None
         self.closing = False
 
     async def open(self, http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> None:
-        self.ws = await http.ws_connect(url, headers=headers, heartbeat=None, max_msg_size=0)
+        # compress=15: the permessage-deflate offer every browser makes (aiohttp's client offers
+        # nothing by default).
+        self.ws = await http.ws_connect(
+            url, headers=headers, heartbeat=None, max_msg_size=0, compress=15 if self.compress else 0
+        )
         await self.ws.send_str(json.dumps({"type": "hello", "last_seq": None, "epoch": None}))
         welcome = json.loads((await self.ws.receive(timeout=30)).data)
         if welcome.get("type") != "welcome":
@@ -779,8 +786,13 @@ async def stop_process(process: asyncio.subprocess.Process) -> None:
             await process.wait()
 
 
-async def open_pages(agents: int, tally: Tally, connect: Any) -> list[Page]:
-    pages = [Page(f"agent{a}", tally) for a in range(1, agents + 1)]
+def compressed(pages: list[Page]) -> int:
+    """Pages whose socket negotiated permessage-deflate."""
+    return sum(1 for page in pages if page.ws is not None and page.ws.compress)
+
+
+async def open_pages(agents: int, tally: Tally, connect: Any, *, compress: bool) -> list[Page]:
+    pages = [Page(f"agent{a}", tally, compress=compress) for a in range(1, agents + 1)]
     await gather_limited([connect(page) for page in pages])
     return pages
 
@@ -825,10 +837,10 @@ async def run_callbridge(
                     await page.open(http, "/agent/ws", headers)
 
                 started = time.perf_counter()
-                pages = await open_pages(args.agents, tally, connect)
+                pages = await open_pages(args.agents, tally, connect, compress=not args.no_compress)
                 print(
                     f"  callbridge: {len(pages):,} agents logged in and connected"
-                    f" in {time.perf_counter() - started:.1f} s"
+                    f" in {time.perf_counter() - started:.1f} s, {compressed(pages):,} with compression"
                 )
                 call_ids: dict[int, str] = {}
 
@@ -909,8 +921,8 @@ async def run_floor(
             async def connect(page: Page) -> None:
                 await page.open(http, f"/ws?agent={page.agent}", {})
 
-            pages = await open_pages(args.agents, tally, connect)
-            print(f"  floor: {len(pages):,} sockets connected")
+            pages = await open_pages(args.agents, tally, connect, compress=not args.no_compress)
+            print(f"  floor: {len(pages):,} sockets connected, {compressed(pages):,} with compression")
 
             async def write(data: bytes) -> None:
                 writer.write(data)
@@ -1070,7 +1082,8 @@ async def run(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     print(
         f"screen-pop latency: {args.agents:,} agents, {args.customers:,} customers, {args.rate:g} pops/s, "
-        f"{args.seconds:g} s measured after {args.warmup:g} s warm-up; {os.cpu_count()} cores, shared machine"
+        f"{args.seconds:g} s measured after {args.warmup:g} s warm-up; {os.cpu_count()} cores, shared "
+        f"machine; pages {'without' if args.no_compress else 'with'} WebSocket compression"
     )
     tree = committed_tree() if args.committed else (args.tree or ROOT).resolve()
     if args.committed:
@@ -1149,6 +1162,11 @@ def main(argv: list[str] | None = None) -> int:
         "own filters); '' sends every event",
     )
     parser.add_argument("--tree", type=Path, help="run the service (and the import) from this source tree")
+    parser.add_argument(
+        "--no-compress",
+        action="store_true",
+        help="pages that do not offer permessage-deflate (browsers offer it; by default the pages do too)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
