@@ -46,9 +46,6 @@ class CollectorStats:
     young_passes: int = 0
     full_passes: int = 0
     thaw_passes: int = 0
-    freed: int = 0
-    longest_young_ms: float = 0.0
-    longest_full_ms: float = 0.0
     last_thaw_ms: float = 0.0
 
 
@@ -92,11 +89,8 @@ class Collector:
             self._full_at = now + self.full_every
             self._full(thaw=False)
         else:
-            started = time.perf_counter()
-            self.stats.freed += gc.collect(0)
-            elapsed = (time.perf_counter() - started) * 1e3
+            gc.collect(0)
             self.stats.young_passes += 1
-            self.stats.longest_young_ms = max(self.stats.longest_young_ms, elapsed)
 
     def end(self) -> None:
         """Give the process its automatic collector back."""
@@ -108,27 +102,22 @@ class Collector:
         self._was_enabled = None
 
     def _full(self, *, thaw: bool) -> None:
-        if thaw:
-            gc.unfreeze()
+        if not thaw:
+            gc.collect()
+            gc.freeze()
+            self.stats.full_passes += 1
+            return
+        gc.unfreeze()
         started = time.perf_counter()
         freed = gc.collect()
         elapsed = (time.perf_counter() - started) * 1e3
         gc.freeze()
-        stats = self.stats
-        stats.freed += freed
-        if thaw:
-            self._frozen = gc.get_freeze_count()
-            stats.thaw_passes += 1
-            stats.last_thaw_ms = elapsed
-            log.info(
-                "garbage collector: thaw pass over %d objects in %.0f ms, %d freed",
-                self._frozen,
-                elapsed,
-                freed,
-            )
-        else:
-            stats.full_passes += 1
-            stats.longest_full_ms = max(stats.longest_full_ms, elapsed)
+        self._frozen = gc.get_freeze_count()
+        self.stats.thaw_passes += 1
+        self.stats.last_thaw_ms = elapsed
+        log.info(
+            "garbage collector: thaw pass over %d objects in %.0f ms, %d freed", self._frozen, elapsed, freed
+        )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

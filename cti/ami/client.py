@@ -263,11 +263,10 @@ class AMIClient:
                 lambda: link, config.host, config.port
             )
         self._protocol, self._transport = protocol, transport
-        read_task = link.closed
         ping_task: asyncio.Task[None] | None = None
         reason = "closed"
         try:
-            await self._login(protocol, transport, read_task)
+            await self._login(protocol, transport, link.closed)
             self._session += 1
             self._ready.set()
             early, self._early = self._early, []
@@ -283,7 +282,7 @@ class AMIClient:
             for message in early:
                 self._emit(message)
             ping_task = asyncio.create_task(self._keepalive(protocol, transport), name="ami-keepalive")
-            done, _ = await asyncio.wait([read_task, ping_task], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([link.closed, ping_task], return_when=asyncio.FIRST_COMPLETED)
             finished = done.pop()
             reason = _describe(finished.exception()) if finished.exception() else "the PBX closed the link"
         except asyncio.CancelledError:
@@ -296,11 +295,11 @@ class AMIClient:
             was_ready = self._ready.is_set()
             self._ready.clear()
             self._protocol, self._transport = None, None
-            for task in (read_task, ping_task):
+            for task in (link.closed, ping_task):
                 if task is not None:
                     task.cancel()
             transport.close()
-            for task in (read_task, ping_task):
+            for task in (link.closed, ping_task):
                 if task is not None:
                     with contextlib.suppress(BaseException):
                         await task
@@ -320,20 +319,20 @@ class AMIClient:
                 self._emit(Disconnected(reason, self._session, tuple(lost)))
 
     async def _login(
-        self, protocol: AMIClientProtocol, transport: asyncio.WriteTransport, read_task: asyncio.Future[None]
+        self, protocol: AMIClientProtocol, transport: asyncio.WriteTransport, closed: asyncio.Future[None]
     ) -> None:
         config = self.config
 
         async def action(name: str, fields: dict[str, str]) -> ActionResult:
             sent = self._send(protocol, transport, name, fields, config.connect_timeout)
             send = asyncio.ensure_future(sent)
-            either: list[asyncio.Future[Any]] = [send, read_task]
+            either: list[asyncio.Future[Any]] = [send, closed]
             done, _ = await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if send not in done:
                 send.cancel()
                 with contextlib.suppress(BaseException):
                     await send
-                exc = read_task.exception()
+                exc = closed.exception()
                 raise ConnectionLost(
                     f"the PBX closed the link during login{f': {_describe(exc)}' if exc else ''}"
                 )
